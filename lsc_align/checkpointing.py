@@ -1,0 +1,197 @@
+"""Train-state checkpoints with Orbax: the array state plus a JSON item of host-side state.
+
+A checkpoint at step N holds two items:
+
+* ``state``: the train state PyTree (e.g. a ``flax.struct.PyTreeNode`` with params, optimizer
+  state, step and RNG key), saved with ``StandardSave`` and restored into a template with the
+  template's shapes, dtypes and shardings, so a run saved on one mesh restores onto another;
+* ``host``: a JSON object with everything that lives on the host, at least ``{"step": N}`` and
+  typically the data position (``{"epoch": e, "data_position": k}``), so ``--resume`` continues
+  with exactly the batches and RNG stream an uninterrupted run would have used.
+
+RNG keys: typed keys (``jax.random.key``, dtype ``key<impl>``) are saved as they are; Orbax
+0.12.8 stores them natively, keeps their sharding and restores their implementation (checked by
+tests/checkpointing_test.py). Raw ``uint32`` keys (``jax.random.PRNGKey``) work too. The template
+passed to ``restore`` must hold the same kind of key as the saved state.
+
+Directories are ``etils.epath`` paths, so local paths and ``gs://`` buckets go through the same
+code. Saving is asynchronous: ``save`` returns once the arrays are copied off the devices, and
+``wait_until_finished`` blocks until the files are committed.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, TypeVar
+
+from etils import epath
+import jax
+import orbax.checkpoint as ocp
+
+State = TypeVar('State')
+
+STATE_ITEM = 'state'
+HOST_ITEM = 'host'
+
+
+def abstract_like(template: Any) -> Any:
+  """ShapeDtypeStructs (with sharding) for each jax.Array leaf; other leaves are kept.
+
+  numpy leaves stay numpy so Orbax restores them as numpy; ShapeDtypeStruct leaves pass through,
+  so a template from ``jax.eval_shape`` with shardings attached works as it is.
+  """
+
+  def leaf(x: Any) -> Any:
+    if isinstance(x, jax.Array):
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    return x
+
+  return jax.tree.map(leaf, template)
+
+
+class TrainCheckpointer:
+  """A thin wrapper over ``orbax.checkpoint.CheckpointManager`` for one run's checkpoints.
+
+  Example:
+    ckpt = TrainCheckpointer(run_dir / 'checkpoints', save_interval_steps=500, max_to_keep=3)
+    if ckpt.latest_step() is not None:
+      state, host = ckpt.restore(state)          # state: the freshly initialised (sharded) state
+    ...
+    ckpt.save(step, state, {'epoch': 0, 'data_position': 17})   # saves when step % 500 == 0
+    ckpt.wait_until_finished()
+  """
+
+  def __init__(self,
+               directory: str | os.PathLike[str],
+               *,
+               save_interval_steps: int = 1000,
+               max_to_keep: int | None = 3,
+               async_save: bool = True) -> None:
+    """Opens (or creates) a checkpoint directory.
+
+    Args:
+      directory: where step sub-directories go; local path or gs:// URL.
+      save_interval_steps: ``save`` without ``force`` writes only when step % this == 0.
+      max_to_keep: newest checkpoints kept; None keeps all.
+      async_save: write files in a background thread after the device-to-host copy.
+    """
+    if save_interval_steps < 1:
+      raise ValueError(f'save_interval_steps must be >= 1, got {save_interval_steps}')
+    if max_to_keep is not None and max_to_keep < 1:
+      raise ValueError(f'max_to_keep must be >= 1 or None, got {max_to_keep}')
+    self.directory = epath.Path(directory)
+    self.save_interval_steps = save_interval_steps
+    self.max_to_keep = max_to_keep
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        # The save cadence is decided here (see should_save); Orbax saves whenever asked.
+        save_interval_steps=1,
+        create=True,
+        # A save cut off by preemption leaves a tmp directory; it is not a checkpoint.
+        cleanup_tmp_directories=True,
+        enable_async_checkpointing=async_save,
+    )
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=(STATE_ITEM, HOST_ITEM))
+
+  def should_save(self, step: int) -> bool:
+    """True when ``step`` is on the periodic save schedule."""
+    return step > 0 and step % self.save_interval_steps == 0
+
+  def save(self,
+           step: int,
+           state: Any,
+           host_state: Mapping[str, Any] | None = None,
+           *,
+           force: bool = False) -> bool:
+    """Saves ``state`` and ``{"step": step, **host_state}`` as checkpoint ``step``.
+
+    Args:
+      step: the number of completed train steps the state reflects.
+      state: the train state PyTree (every process passes its shards).
+      host_state: JSON-serialisable host-side state (data position, counters).
+      force: save even if ``step`` is off the periodic schedule (final and preemption saves).
+
+    Returns:
+      True if a save was started; False if off schedule or ``step`` is already saved.
+    """
+    if not (force or self.should_save(step)):
+      return False
+    if step in self.all_steps():
+      return False
+    host = {'step': int(step), **dict(host_state or {})}
+    if host['step'] != step:
+      raise ValueError(f'host_state["step"] = {host["step"]} disagrees with step {step}')
+    return self._manager.save(
+        step,
+        args=ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.StandardSave(state),
+            HOST_ITEM: ocp.args.JsonSave(host),
+        }),
+        force=True)
+
+  def latest_step(self) -> int | None:
+    """The newest committed (or in-flight) checkpoint step, or None if there is none."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    """All checkpoint steps present, ascending."""
+    return sorted(self._manager.all_steps())
+
+  def restore(self, state_template: State, step: int | None = None) -> tuple[State, dict[str, Any]]:
+    """Restores checkpoint ``step`` (default: the latest) into the template's structure.
+
+    Args:
+      state_template: a state with the saved tree structure: concrete arrays (e.g. the freshly
+        initialised, sharded state) or ``jax.ShapeDtypeStruct`` leaves with shardings. Each
+        restored array gets the template leaf's shape, dtype and sharding.
+      step: which checkpoint; None means ``latest_step()``.
+
+    Returns:
+      (state, host_state) where host_state is the JSON dict saved with it (has "step").
+
+    Raises:
+      FileNotFoundError: no checkpoint (at that step) under the directory.
+    """
+    step = self._resolve_step(step)
+    restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.StandardRestore(abstract_like(state_template)),
+            HOST_ITEM: ocp.args.JsonRestore(),
+        }))
+    host = dict(restored[HOST_ITEM])
+    if host.get('step') != step:
+      raise ValueError(f'{self.directory}/{step}: host item has step {host.get("step")}')
+    return restored[STATE_ITEM], host
+
+  def restore_host_state(self, step: int | None = None) -> dict[str, Any]:
+    """Only the JSON host item of checkpoint ``step`` (default: latest); no arrays are read."""
+    step = self._resolve_step(step)
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(**{HOST_ITEM: ocp.args.JsonRestore()}))
+    return dict(restored[HOST_ITEM])
+
+  def wait_until_finished(self) -> None:
+    """Blocks until every started save is committed to storage."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases Orbax's threads."""
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  def __enter__(self) -> TrainCheckpointer:
+    return self
+
+  def __exit__(self, *exc_info: Any) -> None:
+    self.close()
+
+  def _resolve_step(self, step: int | None) -> int:
+    if step is None:
+      step = self.latest_step()
+      if step is None:
+        raise FileNotFoundError(f'no checkpoint under {self.directory}')
+    elif step not in self.all_steps():
+      raise FileNotFoundError(f'no checkpoint for step {step} under {self.directory}')
+    return int(step)
+
