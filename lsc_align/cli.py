@@ -24,6 +24,24 @@ class Command:
 COMMANDS: dict[str, Command] = {
     'example': Command('lsc_align.rewards.example', 'main',
                        'print the reward library on the paper\'s worked examples'),
+    'world': Command('lsc_align.data.world', 'main',
+                     'write the embedded preference world (HH layout) to --out',
+                     (('--out', {'required': True, 'help': 'output directory'}),)),
+    'world-stats': Command('lsc_align.data.world_stats', 'stats_main',
+                           'print the world\'s measured properties (Bayes accuracy, ...)',
+                           (('--data', {'required': True, 'help': 'world directory'}),)),
+    'vocab': Command('lsc_align.data.vocab', 'main',
+                     'train a SentencePiece vocabulary on HH-layout training text', (
+                         ('--data_dir', {'required': True}),
+                         ('--out', {'required': True, 'help': 'path of the .model file'}),
+                         ('--vocab_size', {'type': int, 'default': 8000}),
+                         ('--subsets', {'default': 'helpful-base,harmless-base'}),
+                         ('--split', {'default': 'train'}),
+                         ('--model_type', {'default': 'unigram',
+                                           'choices': ('unigram', 'bpe')}),
+                         ('--character_coverage', {'type': float, 'default': 0.9995}),
+                         ('--num_threads', {'type': int, 'default': 1}),
+                     )),
 }
 
 
@@ -45,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   command: Command = args._command  # pylint: disable=protected-access
-  fn = getattr(importlib.import_module(command.module), command.function)
-  return int(fn(args) or 0)
+  module = importlib.import_module(command.module)  # registers its gin configurables
+  from lsc_align import gin_utils  # pylint: disable=g-import-not-at-top
+  gin_utils.parse(args.gin_file, args.gin_param)
+  return int(getattr(module, command.function)(args) or 0)
 
 
 if __name__ == '__main__':
