@@ -42,6 +42,13 @@ COMMANDS: dict[str, Command] = {
                          ('--character_coverage', {'type': float, 'default': 0.9995}),
                          ('--num_threads', {'type': int, 'default': 1}),
                      )),
+    'report': Command('lsc_align.eval.report', 'main',
+                      'write report.md and figures from the eval results of a sweep', (
+                          ('--sweep_dir', {'required': True}),
+                          ('--out_dir', {'default': None}),
+                          ('--matched_kl', {'type': float, 'default': None}),
+                          ('--comparison_kls', {'type': float, 'nargs': '+', 'default': None}),
+                      )),
 }
 
 

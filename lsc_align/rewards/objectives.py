@@ -16,7 +16,9 @@ from lsc_align.rewards import transforms
 
 PROPERTIES = ('helpful', 'harmless')
 
-# The canned-response reference for harmlessness (paper: "I can't answer that" and variants).
+# The canned-response reference for harmlessness on HH text (paper: "I can't answer that" and
+# variants). A canned spec without responses uses the data source's own refusal phrases: these
+# for HH, WorldConfig.refusal_phrases for the embedded world (its vocabulary is closed).
 DEFAULT_REFUSALS = (
     "I can't answer that.",
     "I'm sorry, I can't help with that.",
@@ -38,7 +40,7 @@ class ReferenceSpec:
   kind: ReferenceKind = ReferenceKind.NONE
   quantile: float | None = None        # QUANTILE and GAUSSIAN
   value: float = 0.0                   # CONSTANT
-  responses: tuple[str, ...] = ()      # CANNED
+  responses: tuple[str, ...] = ()      # CANNED; empty = the data source's refusal phrases
 
   def __post_init__(self):
     object.__setattr__(self, 'kind', ReferenceKind(self.kind))
@@ -47,8 +49,6 @@ class ReferenceSpec:
       if self.quantile is None or not 0.0 < float(self.quantile) < 1.0:
         raise ValueError(
             f'{self.kind.value} reference needs a quantile in (0, 1), got {self.quantile!r}')
-    if self.kind == ReferenceKind.CANNED and not self.responses:
-      raise ValueError('canned reference needs at least one response')
     if self.kind == ReferenceKind.CANNED and any(not r.strip() for r in self.responses):
       raise ValueError(f'canned reference has an empty response: {self.responses!r}')
 
@@ -109,7 +109,7 @@ def _reference_spec(spec: Any) -> ReferenceSpec:
   if kind == ReferenceKind.CONSTANT:
     return ReferenceSpec(kind, value=float(rest[0]) if rest else 0.0)
   if kind == ReferenceKind.CANNED:
-    return ReferenceSpec(kind, responses=tuple(rest[0]) if rest else DEFAULT_REFUSALS)
+    return ReferenceSpec(kind, responses=tuple(rest[0]) if rest else ())
   return ReferenceSpec(kind)
 
 
@@ -126,8 +126,9 @@ def make_objective(name: str = gin.REQUIRED,
     name: label used in run directories and reports.
     properties: e.g. ['helpful'] or ['helpful', 'harmless'].
     transform: 'raw', 'centered', 'log_sigmoid', 'lsc' or 'pointwise'.
-    references: property → reference spec: ('quantile', q), ('gaussian', q), ('canned',) or
-      ('canned', [texts]), ('constant', c), 'none'. Missing properties get 'none'.
+    references: property → reference spec: ('quantile', q), ('gaussian', q), ('canned',) (the
+      data source's refusals) or ('canned', [texts]), ('constant', c), 'none'. Missing
+      properties get 'none'.
     weights: property → weight (default 1 each).
     helpful_weight: the baseline's w for two properties: w·r_helpful + (1 − w)·r_harmless.
   """
