@@ -1,0 +1,362 @@
+"""Decoder-only transformer policy π(y|x) with a value head V(s_t), for SFT and PPO.
+
+Architecture: token embedding, `num_layers` pre-RMSNorm blocks (causal multi-head self-attention,
+gated SiLU MLP), a final RMSNorm, an untied output projection to the vocabulary and a small MLP
+value head on the final hidden state (one scalar per position).
+
+Positions are rotary (RoPE). Attention then depends only on position differences and there is no
+learned position table, so a row's positions can start anywhere: the sampler writes each row's
+response right after that row's own prompt (per-row positions), with no shifting of the batch and
+no holes in the KV cache (see sampling.py). `max_len` only bounds the sequences we accept.
+
+Three entry points share one parameter tree:
+* `forward`: whole sequences, causal; returns logits [B, L, V] and values [B, L];
+* `prefill`: `forward` that also returns a KV cache of a given length holding the prompt;
+* `decode_step`: one token per row at per-row positions, reading and updating the cache.
+
+The KV cache is an explicit pytree (a tuple over layers of (keys, values), each
+[B, S, heads, head_dim]) so it can sit in a `lax.while_loop` / `lax.scan` carry. Cache slot s holds
+the token at absolute position s of its row; a query at position p sees slots 0..p only, so slots
+beyond p may hold anything (e.g. the prompt's right padding) until they are overwritten.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+
+PAD_ID = 0
+EOS_ID = 1
+
+Params = Any  # a flax parameter pytree (the 'params' collection, unboxed)
+LayerCache = tuple[jax.Array, jax.Array]  # (keys, values), each [B, S, heads, head_dim]
+KVCache = tuple[LayerCache, ...]  # one entry per layer
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+  """Sizes of the policy LM. Frozen (hashable) so it can be a static argument of jax.jit.
+
+  dtype is the activation dtype ('float32' on CPU, 'bfloat16' on TPU); parameters, softmaxes,
+  logits and values are always float32.
+  """
+  vocab_size: int = 512
+  emb_dim: int = 64
+  num_heads: int = 4
+  head_dim: int = 16
+  mlp_dim: int = 256
+  num_layers: int = 2
+  max_len: int = 256
+  dtype: str = 'float32'
+  value_hidden_dim: int = 64
+  # True keeps value-loss gradients out of the shared trunk (value head trained alone).
+  detach_value_head: bool = False
+  rope_max_wavelength: float = 10_000.0
+
+  def __post_init__(self):
+    for name in ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'mlp_dim', 'num_layers',
+                 'max_len', 'value_hidden_dim'):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value <= 0:
+        raise ValueError(f'PolicyConfig.{name} must be a positive int, got {value!r}')
+    if self.head_dim % 2:
+      raise ValueError(f'PolicyConfig.head_dim must be even for rotary positions, '
+                       f'got {self.head_dim}')
+    try:
+      jnp.dtype(self.dtype)
+    except TypeError as e:
+      raise ValueError(f'PolicyConfig.dtype {self.dtype!r} is not a dtype') from e
+
+
+def _kernel_init(*logical_axes: str | None) -> nn.initializers.Initializer:
+  """fan_in-scaled truncated normal for 2-D kernels, annotated with logical axis names."""
+  return nn.with_logical_partitioning(
+      nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal'), logical_axes)
+
+
+def apply_rotary(x_BxTxHxD: jax.Array, positions_BxT: jax.Array,
+                 max_wavelength: float) -> jax.Array:
+  """Rotary position embedding (Su et al. 2021): rotates feature pairs by position angles."""
+  half = x_BxTxHxD.shape[-1] // 2
+  inv_freq = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles_BxTx1xK = (positions_BxT.astype(jnp.float32)[:, :, None, None] * inv_freq)
+  sin, cos = jnp.sin(angles_BxTx1xK), jnp.cos(angles_BxTx1xK)
+  x1, x2 = jnp.split(x_BxTxHxD.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x_BxTxHxD.dtype)
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square layer norm with a learned scale (no bias, no mean subtraction)."""
+  dtype: Any = jnp.float32
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, ('norm',)),
+                       (x.shape[-1],), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+    return (normed * scale).astype(self.dtype)
+
+
+class MultiAxisDense(nn.Module):
+  """x[..., *in] @ kernel[*in, *features] without bias, for kernels with several axes per side.
+
+  Not nn.DenseGeneral: it initialises a flattened 2-D kernel, to which a logical sharding
+  constraint for the 3-D kernel cannot be applied under a mesh.
+  """
+  features: tuple[int, ...]
+  num_contracting: int
+  logical_axes: tuple[str | None, ...]
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n_in = self.num_contracting
+    init = nn.with_logical_partitioning(
+        nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal',
+                                         in_axis=tuple(range(n_in)),
+                                         out_axis=tuple(range(n_in, n_in + len(self.features)))),
+        self.logical_axes)
+    kernel = self.param('kernel', init, x.shape[x.ndim - n_in:] + tuple(self.features),
+                        jnp.float32)
+    contracting = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    return jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                               (contracting, ((), ())))
+
+
+class CausalSelfAttention(nn.Module):
+  """Multi-head causal self-attention with rotary positions and an optional explicit KV cache."""
+  config: PolicyConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
+               layer_cache: LayerCache | None, cache_length: int | None,
+               ) -> tuple[jax.Array, LayerCache | None]:
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    project = functools.partial(MultiAxisDense, (cfg.num_heads, cfg.head_dim), 1,
+                                ('embed', 'heads', 'kv'), dtype)
+    qkv_axes = ('batch', 'length', 'heads', 'kv')
+    query = apply_rotary(project(name='query')(x_BxTxD), positions_BxT, cfg.rope_max_wavelength)
+    key = apply_rotary(project(name='key')(x_BxTxD), positions_BxT, cfg.rope_max_wavelength)
+    value = project(name='value')(x_BxTxD)
+    query, key, value = (nn.with_logical_constraint(a, qkv_axes) for a in (query, key, value))
+
+    if layer_cache is None:  # whole sequences: keys are this call's tokens
+      keys, values, key_positions_BxS = key, value, positions_BxT
+      new_cache = None
+      if cache_length is not None:  # prefill: slots 0..T-1 hold the tokens at positions 0..T-1
+        pad = ((0, 0), (0, cache_length - key.shape[1]), (0, 0), (0, 0))
+        new_cache = (jnp.pad(key, pad), jnp.pad(value, pad))
+    else:  # decode: one token per row, written to the slot of its position
+      if x_BxTxD.shape[1] != 1:
+        raise ValueError(f'decode takes one token per row, got {x_BxTxD.shape[1]}')
+      cache_keys, cache_values = layer_cache
+      slots_S = jnp.arange(cache_keys.shape[1])
+      write_BxSx1x1 = (slots_S[None, :] == positions_BxT)[:, :, None, None]  # [B,1]->[B,S]
+      keys = jnp.where(write_BxSx1x1, key.astype(cache_keys.dtype), cache_keys)
+      values = jnp.where(write_BxSx1x1, value.astype(cache_values.dtype), cache_values)
+      keys, values = (nn.with_logical_constraint(a, qkv_axes) for a in (keys, values))
+      key_positions_BxS = jnp.broadcast_to(slots_S, (keys.shape[0], slots_S.shape[0]))
+      new_cache = (keys, values)
+
+    visible_BxTxS = key_positions_BxS[:, None, :] <= positions_BxT[:, :, None]
+    scores_BxHxTxS = jnp.einsum('bthd,bshd->bhts', query, keys,
+                                preferred_element_type=jnp.float32) / jnp.sqrt(cfg.head_dim)
+    scores_BxHxTxS = jnp.where(visible_BxTxS[:, None], scores_BxHxTxS,
+                               jnp.finfo(jnp.float32).min)
+    probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(dtype)
+    mixed_BxTxHxD = jnp.einsum('bhts,bshd->bthd', probs_BxHxTxS, values)
+    mixed_BxTxHxD = nn.with_logical_constraint(mixed_BxTxHxD, qkv_axes)
+    out = MultiAxisDense((cfg.emb_dim,), 2, ('heads', 'kv', 'embed'), dtype,
+                         name='out')(mixed_BxTxHxD)
+    return out, new_cache
+
+
+class GatedMlp(nn.Module):
+  """SwiGLU feed-forward: wo(silu(wi_0 x) * wi_1 x)."""
+  config: PolicyConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    dense = functools.partial(nn.DenseGeneral, features=cfg.mlp_dim, use_bias=False, dtype=dtype,
+                              kernel_init=_kernel_init('embed', 'mlp'))
+    hidden = nn.silu(dense(name='wi_0')(x_BxTxD)) * dense(name='wi_1')(x_BxTxD)
+    hidden = nn.with_logical_constraint(hidden, ('batch', 'length', 'mlp'))
+    return nn.DenseGeneral(features=cfg.emb_dim, use_bias=False, dtype=dtype,
+                           kernel_init=_kernel_init('mlp', 'embed'), name='wo')(hidden)
+
+
+class DecoderBlock(nn.Module):
+  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  config: PolicyConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
+               layer_cache: LayerCache | None, cache_length: int | None,
+               ) -> tuple[jax.Array, LayerCache | None]:
+    dtype = jnp.dtype(self.config.dtype)
+    attended, new_cache = CausalSelfAttention(self.config, name='attention')(
+        RMSNorm(dtype, name='pre_attention_norm')(x_BxTxD), positions_BxT, layer_cache,
+        cache_length)
+    x_BxTxD = x_BxTxD + attended
+    normed_BxTxD = RMSNorm(dtype, name='pre_mlp_norm')(x_BxTxD)
+    x_BxTxD = x_BxTxD + GatedMlp(self.config, name='mlp')(normed_BxTxD)
+    return nn.with_logical_constraint(x_BxTxD, ('batch', 'length', 'embed')), new_cache
+
+
+class ValueHead(nn.Module):
+  """V(s_t): a one-hidden-layer MLP from the final hidden state to a scalar per position."""
+  config: PolicyConfig
+
+  @nn.compact
+  def __call__(self, h_BxTxD: jax.Array) -> jax.Array:
+    hidden = nn.silu(nn.DenseGeneral(self.config.value_hidden_dim, dtype=jnp.float32,
+                                     kernel_init=_kernel_init('embed', 'mlp'),
+                                     bias_init=nn.with_logical_partitioning(
+                                         nn.initializers.zeros, ('mlp',)),
+                                     name='hidden')(h_BxTxD.astype(jnp.float32)))
+    value = nn.DenseGeneral(1, dtype=jnp.float32, kernel_init=_kernel_init('mlp', None),
+                            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+                            name='out')(hidden)
+    return value[..., 0]
+
+
+class PolicyLM(nn.Module):
+  """The policy LM; returns (logits [B,T,V] f32, values [B,T] f32, new KV cache or None)."""
+  config: PolicyConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
+               kv_cache: KVCache | None = None, cache_length: int | None = None,
+               ) -> tuple[jax.Array, jax.Array, KVCache | None]:
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    embedder = nn.Embed(cfg.vocab_size, cfg.emb_dim, dtype=dtype, name='token_embedder',
+                        embedding_init=nn.with_logical_partitioning(
+                            nn.initializers.normal(stddev=1.0), ('vocab', 'embed')))
+    x_BxTxD = nn.with_logical_constraint(embedder(tokens_BxT), ('batch', 'length', 'embed'))
+    new_layer_caches = []
+    for i in range(cfg.num_layers):
+      x_BxTxD, layer_cache = DecoderBlock(cfg, name=f'layers_{i}')(
+          x_BxTxD, positions_BxT, None if kv_cache is None else kv_cache[i], cache_length)
+      new_layer_caches.append(layer_cache)
+    h_BxTxD = RMSNorm(dtype, name='decoder_norm')(x_BxTxD)
+    logits_BxTxV = nn.DenseGeneral(cfg.vocab_size, use_bias=False, dtype=dtype,
+                                   kernel_init=_kernel_init('embed', 'vocab'),
+                                   name='logits_dense')(h_BxTxD).astype(jnp.float32)
+    logits_BxTxV = nn.with_logical_constraint(logits_BxTxV, ('batch', 'length', 'vocab'))
+    value_input = jax.lax.stop_gradient(h_BxTxD) if cfg.detach_value_head else h_BxTxD
+    values_BxT = ValueHead(cfg, name='value_head')(value_input)
+    new_cache = None if new_layer_caches[0] is None else tuple(new_layer_caches)
+    return logits_BxTxV, values_BxT, new_cache
+
+
+def _check_length(config: PolicyConfig, length: int, what: str) -> None:
+  if length > config.max_len:
+    raise ValueError(f'{what} length {length} exceeds PolicyConfig.max_len = {config.max_len}')
+
+
+def _boxed_variables(config: PolicyConfig, rng: jax.Array) -> Any:
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  return PolicyLM(config).init(rng, tokens, jnp.zeros_like(tokens))
+
+
+def init_params(config: PolicyConfig, rng: jax.Array) -> Params:
+  """Fresh parameters (the unboxed 'params' collection). Jit it with out_shardings to shard."""
+  return nn.meta.unbox(_boxed_variables(config, rng))['params']
+
+
+def abstract_params(config: PolicyConfig) -> Any:
+  """Shapes of the parameters, boxed with their logical axis names (nn.LogicallyPartitioned).
+
+  Feed to partitioning.logical_shardings for the NamedShardings of params (and, through
+  jax.eval_shape(optimizer.init, ...), of the optimizer state).
+  """
+  return jax.eval_shape(functools.partial(_boxed_variables, config), jax.random.key(0))['params']
+
+
+def param_logical_specs(config: PolicyConfig) -> Any:
+  """PartitionSpecs of logical axis names, one per parameter (same tree as init_params)."""
+  return nn.get_partition_spec(abstract_params(config))
+
+
+def param_labels(params: Params) -> Any:
+  """'value_head' for the value head's parameters, 'policy' for the rest (optax.multi_transform)."""
+  return {name: jax.tree.map(lambda _, n=name: 'value_head' if n == 'value_head' else 'policy',
+                             subtree) for name, subtree in params.items()}
+
+
+def forward(params: Params, config: PolicyConfig,
+            tokens_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Causal forward pass over whole sequences: (logits [B, L, V], values [B, L]), both float32.
+
+  logits[:, t] is the distribution of token t+1 given tokens 0..t; values[:, t] = V(tokens 0..t).
+  """
+  _check_length(config, tokens_BxL.shape[1], 'sequence')
+  positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
+  logits, values, _ = PolicyLM(config).apply({'params': params}, tokens_BxL, positions_BxL)
+  return logits, values
+
+
+def prefill(params: Params, config: PolicyConfig, tokens_BxL: jax.Array,
+            cache_length: int) -> tuple[jax.Array, jax.Array, KVCache]:
+  """`forward` that also returns a KV cache of `cache_length` slots, slots 0..L-1 filled."""
+  _check_length(config, cache_length, 'cache')
+  if cache_length < tokens_BxL.shape[1]:
+    raise ValueError(f'cache_length {cache_length} < prompt length {tokens_BxL.shape[1]}')
+  positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
+  return PolicyLM(config).apply({'params': params}, tokens_BxL, positions_BxL,
+                                cache_length=cache_length)
+
+
+def decode_step(params: Params, config: PolicyConfig, tokens_B: jax.Array, positions_B: jax.Array,
+                kv_cache: KVCache) -> tuple[jax.Array, jax.Array, KVCache]:
+  """One token per row at its own position: (logits [B, V], values [B], updated cache)."""
+  logits, values, new_cache = PolicyLM(config).apply(
+      {'params': params}, tokens_B[:, None], positions_B[:, None], kv_cache=kv_cache)
+  return logits[:, 0], values[:, 0], new_cache
+
+
+def prompt_lengths(prompt_ids_BxLp: jax.Array) -> jax.Array:
+  """Tokens per right-padded prompt (no pad inside a prompt; every prompt needs >= 1 token)."""
+  return jnp.sum(prompt_ids_BxLp != PAD_ID, axis=1).astype(jnp.int32)
+
+
+def pack_prompt_response(prompt_ids_BxLp: jax.Array,
+                         response_ids_BxLr: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per row, the response right after the prompt's last real token, padded on the right.
+
+  Returns (tokens [B, Lp + Lr], prediction positions [B, Lr]): logits at prediction position t of
+  a row predict its response token t (position prompt_length - 1 + t), and values there are V(s_t).
+  """
+  batch, prompt_len = prompt_ids_BxLp.shape
+  response_len = response_ids_BxLr.shape[1]
+  lengths_Bx1 = prompt_lengths(prompt_ids_BxLp)[:, None]
+  columns_L = jnp.arange(prompt_len + response_len)
+  from_prompt = jnp.take_along_axis(
+      prompt_ids_BxLp, jnp.broadcast_to(jnp.minimum(columns_L, prompt_len - 1),
+                                        (batch, columns_L.shape[0])), axis=1)
+  response_index_BxL = columns_L[None, :] - lengths_Bx1
+  from_response = jnp.take_along_axis(
+      response_ids_BxLr, jnp.clip(response_index_BxL, 0, response_len - 1), axis=1)
+  tokens_BxL = jnp.where(columns_L[None, :] < lengths_Bx1, from_prompt,
+                         jnp.where(response_index_BxL < response_len, from_response, PAD_ID))
+  prediction_positions_BxLr = jnp.maximum(lengths_Bx1 - 1, 0) + jnp.arange(response_len)[None]
+  return tokens_BxL.astype(jnp.int32), prediction_positions_BxLr
+
+
+def gather_positions(x_BxL_: jax.Array, positions_BxK: jax.Array) -> jax.Array:
+  """x[b, positions[b, k], ...] for each row b: [B, L, ...] -> [B, K, ...]."""
+  index = positions_BxK.reshape(positions_BxK.shape + (1,) * (x_BxL_.ndim - 2))
+  return jnp.take_along_axis(x_BxL_, index, axis=1)
