@@ -21,6 +21,16 @@ class Command:
   flags: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
+# Modules whose gin configurables any command may reach; imported before gin is parsed and
+# locked. They import jax but not TensorFlow.
+CONFIGURABLE_MODULES = ('lsc_align.data.world_config', 'lsc_align.data.world',
+                        'lsc_align.models.t5_encoder',
+                        'lsc_align.models.reward_model', 'lsc_align.models.policy',
+                        'lsc_align.rewards.objectives')
+
+_RUN_DIR = ('--run_dir', {'required': True, 'help': 'run directory (checkpoints, metrics, ...)'})
+_RESUME = ('--resume', {'action': 'store_true', 'help': 'continue from the latest checkpoint'})
+
 COMMANDS: dict[str, Command] = {
     'example': Command('lsc_align.rewards.example', 'main',
                        'print the reward library on the paper\'s worked examples'),
@@ -42,6 +52,14 @@ COMMANDS: dict[str, Command] = {
                          ('--character_coverage', {'type': float, 'default': 0.9995}),
                          ('--num_threads', {'type': int, 'default': 1}),
                      )),
+    'train-rm': Command('lsc_align.train.reward_model_trainer', 'main',
+                        'train a Bradley-Terry reward model for one property',
+                        (_RUN_DIR, _RESUME,
+                         ('--init_t5x_checkpoint', {
+                             'default': None,
+                             'help': 'start the encoder from this T5X checkpoint'}))),
+    'sft': Command('lsc_align.train.sft_trainer', 'main',
+                   'train the SFT policy pi0 on the SFT task', (_RUN_DIR, _RESUME)),
     'report': Command('lsc_align.eval.report', 'main',
                       'write report.md and figures from the eval results of a sweep', (
                           ('--sweep_dir', {'required': True}),
@@ -71,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   command: Command = args._command  # pylint: disable=protected-access
   module = importlib.import_module(command.module)  # registers its gin configurables
+  for name in CONFIGURABLE_MODULES:  # and those a command may import lazily after parsing
+    importlib.import_module(name)
   from lsc_align import gin_utils  # pylint: disable=g-import-not-at-top
   gin_utils.parse(args.gin_file, args.gin_param)
   return int(getattr(module, command.function)(args) or 0)

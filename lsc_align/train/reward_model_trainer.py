@@ -1,0 +1,349 @@
+"""Bradley-Terry reward-model training: `lsc-align train-rm --run_dir DIR [--resume]`.
+
+Trains r(x, y) (T5 encoder + pooled scalar head, lsc_align.models.reward_model) on the train-split
+pairs of one property by minimising the BT loss −log σ(r(x, y+) − r(x, y−)) (DESIGN §1), sharded
+on a ('data', 'model') mesh. Validation pairs: the world's test split, or the split derived from
+HH test (lsc_align.train.data_arrays.validation_split); pairwise accuracy with a 95% Wilson
+interval, mean BT loss and, for the world, agreement with the gold preference.
+
+The run directory gets: config.gin (operative gin config), checkpoints/ (orbax: params, optimizer
+state, step, RNG key, data position), metrics.jsonl and TensorBoard events (train metrics every
+step, 'eval/...' every eval_every steps), arrays/ (tokenised data cache), and at the end
+rm_final.msgpack (params), reward_model.json (model config and how to pack inputs) and eval.json.
+`load_reward_model(run_dir)` returns (RewardModelConfig, params) for later stages.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from flax import linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lsc_align import checkpointing
+from lsc_align import gin_utils
+from lsc_align import io_utils
+from lsc_align import metrics as metrics_lib
+from lsc_align import partitioning
+from lsc_align.models import reward_model
+from lsc_align.models import t5_encoder
+from lsc_align.models import t5x_checkpoint
+from lsc_align.train import data_arrays
+from lsc_align.train import loop
+from lsc_align.train import trainer_utils
+
+PARAMS_FILE = 'rm_final.msgpack'
+INFO_FILE = 'reward_model.json'
+EVAL_FILE = 'eval.json'
+
+
+def pack_pairs(arrays: Mapping[str, np.ndarray], max_length: int,
+               max_response_length: int | None = None) -> dict[str, np.ndarray]:
+  """{'chosen', 'rejected'}: x ++ y+ and x ++ y− packed into int32 [N, max_length] rows."""
+  prompts = data_arrays.strip_padding(arrays['prompt_ids'])
+  packed = {}
+  for side in ('chosen', 'rejected'):
+    packed[side] = reward_model.pack_prompt_response(
+        prompts, data_arrays.strip_padding(arrays[f'{side}_ids']), max_length,
+        max_response_length)['tokens']
+  return packed
+
+
+def make_train_step(model: reward_model.RewardModel, learning_rate: optax.Schedule
+                    ) -> Callable[[loop.TrainState, Mapping[str, jax.Array]],
+                                  tuple[loop.TrainState, dict[str, jax.Array]]]:
+  """(state, {'chosen', 'rejected'} [B, L]) -> (state, metrics): one BT update.
+
+  Dropout keys are fold_in(state.rng, step), so a resumed run draws the same masks.
+  """
+
+  def train_step(state: loop.TrainState, batch: Mapping[str, jax.Array]):
+    dropout_key = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+      chosen, rejected = reward_model.pair_rewards(
+          model, {'params': params}, batch['chosen'], batch['rejected'], deterministic=False,
+          rngs={'dropout': dropout_key})
+      return jnp.mean(reward_model.bradley_terry_loss(chosen, rejected)), (chosen, rejected)
+
+    (loss, (chosen, rejected)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    metrics = {'loss': loss, 'accuracy': reward_model.pairwise_accuracy(chosen, rejected),
+               'reward_margin': jnp.mean(chosen - rejected),
+               'reward_mean': jnp.mean(jnp.concatenate([chosen, rejected])),
+               'grad_norm': optax.global_norm(grads),
+               'learning_rate': jnp.asarray(learning_rate(state.step), jnp.float32)}
+    return state.apply_gradients(grads), metrics
+
+  return train_step
+
+
+def make_pair_reward_fn(model: reward_model.RewardModel
+                        ) -> Callable[[Any, Mapping[str, jax.Array]], dict[str, jax.Array]]:
+  """(params, {'chosen', 'rejected'}) -> {'chosen', 'rejected'} rewards [B], deterministic."""
+
+  def rewards(params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    chosen, rejected = reward_model.pair_rewards(model, {'params': params}, batch['chosen'],
+                                                 batch['rejected'])
+    return {'chosen': chosen, 'rejected': rejected}
+
+  return rewards
+
+
+def pair_metrics(chosen: np.ndarray, rejected: np.ndarray) -> dict[str, Any]:
+  """Pairwise accuracy (ties 1/2) with its 95% Wilson interval, BT loss, margins."""
+  margin = chosen.astype(np.float64) - rejected.astype(np.float64)
+  correct = np.where(margin > 0, 1.0, np.where(margin == 0, 0.5, 0.0))
+  low, high = trainer_utils.wilson_interval(float(correct.sum()), len(correct))
+  return {'pairs': int(len(margin)), 'accuracy': float(correct.mean()),
+          'accuracy_ci95': [low, high], 'loss': float(np.mean(np.logaddexp(0.0, -margin))),
+          'reward_margin_mean': float(margin.mean()),
+          'reward_std': float(np.std(np.concatenate([chosen, rejected])))}
+
+
+def gold_differences(data_dir: str, property_name: str, split: str,
+                     num_pairs: int) -> np.ndarray | None:
+  """Gold u(y+) − u(y−) of each pair of a world split (file order), or None if not a world."""
+  path = os.path.join(data_dir, 'gold.jsonl.gz')
+  if not os.path.exists(path):
+    return None
+  from lsc_align.data import world  # pylint: disable=g-import-not-at-top
+  key = 'h' if property_name == 'helpful' else 's'
+  rows = sorted((r for r in world.read_jsonl_gz(path)
+                 if r['property'] == property_name and r['split'] == split),
+                key=lambda r: r['index'])
+  if len(rows) != num_pairs:
+    logging.warning('%s: %d gold rows for %s/%s but %d pairs; no gold comparison', path,
+                    len(rows), property_name, split, num_pairs)
+    return None
+  return np.array([r[f'{key}_chosen'] - r[f'{key}_rejected'] for r in rows])
+
+
+def gold_metrics(chosen: np.ndarray, rejected: np.ndarray, gold_diff: np.ndarray) -> dict[str, Any]:
+  """How the labels and the model compare with the gold preference on the same pairs.
+
+  `gold_label_agreement` (ties 1/2) is the Bayes accuracy: no reward model can expect to beat
+  it on these labels. `model_gold_agreement` is over pairs with a gold difference.
+  """
+  tie = np.isclose(gold_diff, 0.0)
+  label_agreement = np.where(tie, 0.5, (gold_diff > 0).astype(float))
+  low, high = trainer_utils.wilson_interval(float(label_agreement.sum()), len(label_agreement))
+  margin = chosen - rejected
+  agrees = np.sign(margin[~tie]) == np.sign(gold_diff[~tie])
+  return {'gold_label_agreement': float(label_agreement.mean()),
+          'gold_label_agreement_ci95': [low, high], 'gold_tie_share': float(tie.mean()),
+          'model_gold_agreement': float(agrees.mean()) if agrees.size else float('nan')}
+
+
+def _write_info(run_dir: str, config: reward_model.RewardModelConfig, info: dict[str, Any]):
+  io_utils.atomic_write_json(os.path.join(run_dir, INFO_FILE),
+                             {'config': dataclasses.asdict(config), **info})
+
+
+def reward_model_info(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+  """reward_model.json: model config, vocabulary, property, packing lengths, final step."""
+  path = os.path.join(os.fspath(run_dir), INFO_FILE)
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def config_from_dict(config: Mapping[str, Any]) -> reward_model.RewardModelConfig:
+  """A RewardModelConfig from dataclasses.asdict output (every field explicit, so gin is inert)."""
+  fields = dict(config)
+  fields['encoder'] = t5_encoder.T5EncoderConfig(**fields['encoder'])
+  return reward_model.RewardModelConfig(**fields)
+
+
+def load_reward_model(run_dir: str | os.PathLike[str]
+                      ) -> tuple[reward_model.RewardModelConfig, dict[str, Any]]:
+  """(config, params as numpy) of a finished train-rm run; apply with RewardModel(config)."""
+  run_dir = os.fspath(run_dir)
+  path = os.path.join(run_dir, PARAMS_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path}: no final reward model (did the run finish?)')
+  return config_from_dict(reward_model_info(run_dir)['config']), trainer_utils.load_params(path)
+
+
+@gin.configurable
+def train_reward_model(
+    run_dir: str,
+    data_dir: str = gin.REQUIRED,
+    vocabulary: str = gin.REQUIRED,
+    property_name: str = 'helpful',
+    model: reward_model.RewardModelConfig | None = None,
+    steps: int = 1000,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    warmup_steps: int = 100,
+    schedule: str = 'constant',
+    weight_decay: float = 0.0,
+    grad_clip_norm: float | None = 1.0,
+    eval_every: int = 500,
+    eval_batch_size: int = 128,
+    log_every: int = 50,
+    checkpoint_every: int = 500,
+    seed: int = 0,
+    mesh_shape: Sequence[int] = (-1, 1),
+    prompt_length: int = 32,
+    response_length: int = 48,
+    max_length: int = 80,
+    resume: bool = False,
+    init_t5x_checkpoint: str | None = None,
+    cache_dir: str | None = None,
+    max_train_pairs: int | None = None,
+) -> loop.TrainResult:
+  """Trains a BT reward model for one property; writes the run directory (module docstring).
+
+  Args:
+    run_dir: output directory (local or gs://).
+    data_dir: HH-layout root (real HH, or a world from `lsc-align world`).
+    vocabulary: world vocab.txt or SentencePiece .model; T5EncoderConfig.vocab_size must be
+      at least its size.
+    property_name: 'helpful' or 'harmless'.
+    model: default RewardModelConfig() as bound by configs/models/t5_*.gin.
+    steps: optimizer updates.
+    batch_size: pairs per update (divisible by the mesh's data axis).
+    learning_rate, warmup_steps, schedule, weight_decay, grad_clip_norm: AdamW settings.
+    eval_every: validation every this many steps (and at the end); 0 = only at the end.
+    eval_batch_size: pairs per validation batch.
+    log_every: progress line interval.
+    checkpoint_every: orbax save interval (and at the end, and on SIGTERM).
+    seed: parameter init, dropout and data order.
+    mesh_shape: ('data', 'model') sizes; one may be -1.
+    prompt_length, response_length: token budgets of the seqio features.
+    max_length: packed encoder length of x ++ y.
+    resume: continue from the latest checkpoint in run_dir.
+    init_t5x_checkpoint: start the encoder from a T5X checkpoint of the same sizes.
+    cache_dir: tokenised-array cache; default <run_dir>/arrays.
+    max_train_pairs: use only the first this many training pairs (small runs, tests).
+
+  Returns:
+    The loop's TrainResult (exit_code 75 after a preemption save).
+  """
+  start_time = time.time()
+  run_dir = os.fspath(run_dir)
+  data_dir = os.fspath(data_dir)
+  if property_name not in data_arrays.PROPERTY_SUBSETS:
+    raise ValueError(f'train_reward_model.property_name {property_name!r} must be one of '
+                     f'{sorted(data_arrays.PROPERTY_SUBSETS)}')
+  config = model or reward_model.RewardModelConfig()
+  num_ids = data_arrays.vocabulary_size(vocabulary)
+  if config.encoder.vocab_size < num_ids:
+    raise ValueError(f'T5EncoderConfig.vocab_size = {config.encoder.vocab_size} is smaller than '
+                     f'the vocabulary {vocabulary} ({num_ids} ids)')
+  os.makedirs(run_dir, exist_ok=True)
+  cache_dir = cache_dir or os.path.join(run_dir, 'arrays')
+  lengths = {'prompt_length': prompt_length, 'response_length': response_length}
+  eval_split = data_arrays.validation_split(data_dir,
+                                            data_arrays.PROPERTY_SUBSETS[property_name])
+  raw = {split: data_arrays.pair_arrays(data_dir, vocabulary, property_name, split,
+                                        cache_dir=cache_dir, **lengths)
+         for split in ('train', eval_split)}
+  if max_train_pairs is not None:
+    raw['train'] = {k: v[:max_train_pairs] for k, v in raw['train'].items()}
+  train_pairs = pack_pairs(raw['train'], max_length, response_length)
+  eval_pairs = pack_pairs(raw[eval_split], max_length, response_length)
+  truncation = {f'{split}_{name}_full_rows': data_arrays.full_rows(ids)
+                for split, arrays in raw.items() for name, ids in arrays.items()}
+
+  mesh = partitioning.create_mesh(tuple(mesh_shape))
+  net = reward_model.RewardModel(config)
+  tx, lr = trainer_utils.make_optimizer(learning_rate, warmup_steps=warmup_steps,
+                                        total_steps=steps, weight_decay=weight_decay,
+                                        schedule=schedule, grad_clip_norm=grad_clip_norm)
+  dummy = jnp.ones((1, max_length), jnp.int32)
+  boxed = jax.eval_shape(net.init, jax.random.key(0), dummy)['params']
+  state, shardings = trainer_utils.init_sharded_state(
+      lambda key: nn.unbox(net.init(key, dummy)['params']), boxed, tx, seed, mesh)
+  if init_t5x_checkpoint:
+    encoder_params, report = t5x_checkpoint.load_encoder_params(init_t5x_checkpoint,
+                                                                config.encoder)
+    logging.info('%s', report.summary())
+    merged = t5x_checkpoint.insert_encoder_params(trainer_utils.to_host(state.params),
+                                                  encoder_params)
+    state = state.replace(params=trainer_utils.place_params(merged, shardings.params))
+  logging.info('%s', partitioning.verify_sharding(state.params, shardings.params, mesh).summary())
+
+  schedule_ = loop.EpochBatchSchedule(len(train_pairs['chosen']), batch_size, seed=seed)
+  shard, num_shards = jax.process_index(), jax.process_count()
+
+  def batch_fn(step: int) -> dict[str, jax.Array]:
+    idx = schedule_.batch_indices(step, shard, num_shards)
+    return partitioning.shard_batch({k: v[idx] for k, v in train_pairs.items()}, mesh)
+
+  batch_sh = partitioning.batch_sharding(mesh)
+  train_step = jax.jit(make_train_step(net, lr), in_shardings=(shardings, batch_sh),
+                       out_shardings=(shardings, partitioning.replicated(mesh)),
+                       donate_argnums=(0,))
+  reward_fn = jax.jit(make_pair_reward_fn(net))
+  gold_diff = gold_differences(data_dir, property_name, eval_split, len(eval_pairs['chosen']))
+
+  def evaluate(params: Any) -> dict[str, Any]:
+    rewards = trainer_utils.batched_apply(lambda batch: reward_fn(params, batch), eval_pairs,
+                                          eval_batch_size, mesh)
+    result = pair_metrics(rewards['chosen'], rewards['rejected'])
+    if gold_diff is not None:
+      result.update(gold_metrics(rewards['chosen'], rewards['rejected'], gold_diff))
+    return result
+
+  writer = metrics_lib.MetricsWriter(run_dir)
+
+  def step_callback(step: int, state_: loop.TrainState, _: Any) -> None:
+    if eval_every and step % eval_every == 0 and step != steps:
+      scalars = {f'eval/{k}': v for k, v in evaluate(state_.params).items()
+                 if isinstance(v, (int, float))}
+      writer.write(step, scalars)
+      logging.info('step %d eval: %s', step, scalars)
+
+  info = {'vocabulary': os.path.abspath(vocabulary) if '://' not in vocabulary else vocabulary,
+          'data_dir': data_dir, 'property': property_name, 'max_length': max_length,
+          **lengths, 'num_params': trainer_utils.count_params(state.params)}
+  gin_utils.write_operative_config(run_dir)
+  checkpointer = checkpointing.TrainCheckpointer(
+      os.path.join(run_dir, 'checkpoints'), save_interval_steps=checkpoint_every, max_to_keep=2)
+  with partitioning.activate(mesh), checkpointer, writer:
+    result = loop.run_training(
+        state, train_step, batch_fn, total_steps=steps, checkpointer=checkpointer,
+        metrics_writer=writer, log_every=log_every, resume=resume,
+        progress=metrics_lib.ProgressPrinter(steps, ('loss', 'accuracy')),
+        host_state_fn=schedule_.host_state, load_host_state=schedule_.check_host_state,
+        step_callback=step_callback)
+    if result.status is loop.TrainStatus.COMPLETED:
+      final = evaluate(result.state.params)
+      writer.write(steps, {f'eval/{k}': v for k, v in final.items()
+                           if isinstance(v, (int, float))})
+  if result.status is not loop.TrainStatus.COMPLETED:
+    return result
+  trainer_utils.save_params(os.path.join(run_dir, PARAMS_FILE), result.state.params)
+  _write_info(run_dir, config, {**info, 'step': result.step})
+  summary = {'property': property_name, 'split': eval_split, 'step': result.step,
+             'train_pairs': len(train_pairs['chosen']), **final,
+             'final_train_metrics': result.last_metrics, 'truncation': truncation,
+             'num_params': info['num_params'], 'seconds': round(time.time() - start_time, 1),
+             'resumed_from_step': result.start_step}
+  io_utils.atomic_write_json(os.path.join(run_dir, EVAL_FILE), summary)
+  gin_utils.write_operative_config(run_dir)
+  print(json.dumps({k: summary[k] for k in ('property', 'split', 'step', 'pairs', 'accuracy',
+                                            'accuracy_ci95', 'loss', 'seconds')
+                    if k in summary} | {k: summary[k] for k in ('gold_label_agreement',
+                                                               'model_gold_agreement')
+                                        if k in summary}), flush=True)
+  return result
+
+
+def main(args: argparse.Namespace) -> int:
+  """`lsc-align train-rm --run_dir DIR [--resume] [--init_t5x_checkpoint PATH]`."""
+  kwargs: dict[str, Any] = {'run_dir': args.run_dir}
+  if getattr(args, 'resume', False):
+    kwargs['resume'] = True
+  if getattr(args, 'init_t5x_checkpoint', None):
+    kwargs['init_t5x_checkpoint'] = args.init_t5x_checkpoint
+  return train_reward_model(**kwargs).exit_code

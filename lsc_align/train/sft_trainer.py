@@ -1,0 +1,310 @@
+"""Supervised fine-tuning of π0: `lsc-align sft --run_dir DIR [--resume]`.
+
+Trains the decoder policy (lsc_align.models.policy) on the SFT task: prompt x → chosen response
+y+ of the helpful set, minimising the mean next-token cross-entropy of the response tokens (EOS
+included; lm_losses.sft_loss), sharded on a ('data', 'model') mesh. Validation (the world's test
+split or HH's derived validation split): per-token NLL (= the loss), per-response NLL (summed
+over a response's tokens, averaged over responses), perplexity and next-token accuracy.
+
+For the embedded world it also reports, on the validation prompts, the data-collection policy's
+entropy per token (an upper bound, lsc_align.train.world_policy_entropy) and π0's NLL per token
+on fresh samples of that policy: cross-entropy = entropy + KL, so the two are directly
+comparable. (The validation loss itself is on chosen responses, which are a BT-selected subset
+of the policy's samples, so it sits near, not exactly at, the policy's entropy.)
+
+Run directory: as the reward-model trainer (config.gin, checkpoints/, metrics.jsonl, TensorBoard,
+arrays/), plus policy_final.msgpack, policy.json and eval.json. `load_policy(run_dir)` returns
+(PolicyConfig, params).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lsc_align import checkpointing
+from lsc_align import gin_utils
+from lsc_align import io_utils
+from lsc_align import metrics as metrics_lib
+from lsc_align import partitioning
+from lsc_align.models import lm_losses
+from lsc_align.models import policy
+from lsc_align.train import data_arrays
+from lsc_align.train import loop
+from lsc_align.train import trainer_utils
+
+PARAMS_FILE = 'policy_final.msgpack'
+INFO_FILE = 'policy.json'
+EVAL_FILE = 'eval.json'
+
+
+def make_train_step(config: policy.PolicyConfig, learning_rate: optax.Schedule
+                    ) -> Callable[[loop.TrainState, Mapping[str, jax.Array]],
+                                  tuple[loop.TrainState, dict[str, jax.Array]]]:
+  """(state, {'prompt_ids', 'response_ids'}) -> (state, metrics): one SFT update."""
+
+  def train_step(state: loop.TrainState, batch: Mapping[str, jax.Array]):
+    def loss_fn(params):
+      return lm_losses.sft_loss(params, config, batch['prompt_ids'], batch['response_ids'])
+
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    metrics = {**metrics, 'grad_norm': optax.global_norm(grads),
+               'learning_rate': jnp.asarray(learning_rate(state.step), jnp.float32)}
+    return state.apply_gradients(grads), metrics
+
+  return train_step
+
+
+def make_row_nll_fn(config: policy.PolicyConfig
+                    ) -> Callable[[Any, Mapping[str, jax.Array]], dict[str, jax.Array]]:
+  """(params, batch) -> per response: summed NLL, token count, correct argmax count [B].
+
+  The same cross-entropy as lm_losses.sft_loss (full softmax), kept per row.
+  """
+
+  def row_nll(params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    response_ids = batch['response_ids']
+    tokens, positions = policy.pack_prompt_response(batch['prompt_ids'], response_ids)
+    logits, _ = policy.forward(params, config, tokens)
+    logits = policy.gather_positions(logits, positions)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                          response_ids)
+    weights = (response_ids != policy.PAD_ID).astype(jnp.float32)
+    correct = (jnp.argmax(logits, axis=-1) == response_ids).astype(jnp.float32)
+    return {'nll': jnp.sum(nll * weights, axis=1), 'tokens': jnp.sum(weights, axis=1),
+            'correct': jnp.sum(correct * weights, axis=1)}
+
+  return row_nll
+
+
+def nll_metrics(rows: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  """Per-token and per-response NLL, perplexity, next-token accuracy over all rows."""
+  tokens = float(rows['tokens'].sum())
+  per_token = float(rows['nll'].sum()) / max(tokens, 1.0)
+  per_response = rows['nll'].astype(np.float64)
+  half = 1.959963984540054 * per_response.std(ddof=1) / math.sqrt(len(per_response)) if len(
+      per_response) > 1 else math.nan
+  return {'responses': int(len(per_response)), 'tokens': int(tokens),
+          'loss': per_token, 'nll_per_token': per_token,
+          'nll_per_response': float(per_response.mean()), 'nll_per_response_ci95_half': half,
+          'perplexity': float(np.exp(per_token)),
+          'token_accuracy': float(rows['correct'].sum()) / max(tokens, 1.0),
+          'tokens_per_response': tokens / max(len(per_response), 1)}
+
+
+def policy_info(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+  """policy.json: PolicyConfig, vocabulary, prompt/response lengths, final step."""
+  with open(os.path.join(os.fspath(run_dir), INFO_FILE), encoding='utf-8') as f:
+    return json.load(f)
+
+
+def load_policy(run_dir: str | os.PathLike[str]) -> tuple[policy.PolicyConfig, dict[str, Any]]:
+  """(config, params as numpy) of a finished SFT run: π0 for sampling, PPO and references."""
+  run_dir = os.fspath(run_dir)
+  path = os.path.join(run_dir, PARAMS_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path}: no final policy (did the run finish?)')
+  config = policy.PolicyConfig(**policy_info(run_dir)['config'])
+  return config, trainer_utils.load_params(path)
+
+
+def world_comparison(data_dir: str, vocabulary: str, split: str, row_nll: Callable[..., Any],
+                     params: Any, *, prompt_length: int, response_length: int,
+                     eval_batch_size: int, mesh: Any, samples_per_prompt: int,
+                     seed: int) -> dict[str, Any] | None:
+  """For a world: the collection policy's entropy per token and π0's NLL on its samples."""
+  if not os.path.exists(os.path.join(data_dir, 'world.json')):
+    return None
+  from lsc_align.train import world_policy_entropy  # pylint: disable=g-import-not-at-top
+  estimate = world_policy_entropy.estimate_from_data(
+      data_dir, split, samples_per_prompt=samples_per_prompt, seed=seed)
+  from lsc_align.data import word_vocab  # pylint: disable=g-import-not-at-top
+  words = word_vocab.WordVocabulary.load(vocabulary)
+  prompts = np.zeros((len(estimate.samples), prompt_length), np.int32)
+  responses = np.zeros((len(estimate.samples), response_length), np.int32)
+  for i, (prompt, response) in enumerate(estimate.samples):
+    p_ids = words.encode_words(prompt)[-prompt_length:]  # keep the end, as the seqio task
+    r_ids = (words.encode_words(response) + [word_vocab.EOS_ID])[:response_length]
+    prompts[i, :len(p_ids)] = p_ids
+    responses[i, :len(r_ids)] = r_ids
+  rows = trainer_utils.batched_apply(lambda b: row_nll(params, b),
+                                     {'prompt_ids': prompts, 'response_ids': responses},
+                                     eval_batch_size, mesh)
+  on_samples = nll_metrics(rows)
+  return {'collection_policy': estimate.summary(),
+          'sft_nll_per_token_on_policy_samples': on_samples['nll_per_token'],
+          'sft_nll_per_response_on_policy_samples': on_samples['nll_per_response']}
+
+
+@gin.configurable
+def train_sft(
+    run_dir: str,
+    data_dir: str = gin.REQUIRED,
+    vocabulary: str = gin.REQUIRED,
+    model: policy.PolicyConfig | None = None,
+    steps: int = 2000,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    warmup_steps: int = 100,
+    schedule: str = 'cosine',
+    weight_decay: float = 0.0,
+    grad_clip_norm: float | None = 1.0,
+    eval_every: int = 500,
+    eval_batch_size: int = 128,
+    log_every: int = 50,
+    checkpoint_every: int = 500,
+    seed: int = 0,
+    mesh_shape: Sequence[int] = (-1, 1),
+    prompt_length: int = 32,
+    response_length: int = 48,
+    resume: bool = False,
+    cache_dir: str | None = None,
+    max_train_examples: int | None = None,
+    world_samples_per_prompt: int = 2,
+) -> loop.TrainResult:
+  """Trains π0 on the SFT task; writes the run directory (module docstring).
+
+  Args:
+    run_dir: output directory.
+    data_dir: HH-layout root (real HH or a world).
+    vocabulary: world vocab.txt or SentencePiece .model; PolicyConfig.vocab_size must be at
+      least its size.
+    model: default PolicyConfig() as bound by configs/models/policy_*.gin.
+    steps, batch_size, learning_rate, warmup_steps, schedule, weight_decay, grad_clip_norm:
+      optimisation (AdamW; 'constant' or 'cosine' after warm-up).
+    eval_every: validation every this many steps (and at the end); 0 = only at the end.
+    eval_batch_size: responses per validation batch.
+    log_every, checkpoint_every: progress and orbax save intervals.
+    seed: init and data order.
+    mesh_shape: ('data', 'model') sizes; one may be -1.
+    prompt_length, response_length: token budgets (prompt keeps its end, response its start);
+      their sum must not exceed PolicyConfig.max_len.
+    resume: continue from the latest checkpoint.
+    cache_dir: tokenised-array cache; default <run_dir>/arrays.
+    max_train_examples: use only the first this many training examples.
+    world_samples_per_prompt: fresh collection-policy samples per validation prompt for the
+      world comparison (0 skips it).
+
+  Returns:
+    The loop's TrainResult (exit_code 75 after a preemption save).
+  """
+  start_time = time.time()
+  run_dir, data_dir = os.fspath(run_dir), os.fspath(data_dir)
+  config = model or policy.PolicyConfig()
+  num_ids = data_arrays.vocabulary_size(vocabulary)
+  if config.vocab_size < num_ids:
+    raise ValueError(f'PolicyConfig.vocab_size = {config.vocab_size} is smaller than the '
+                     f'vocabulary {vocabulary} ({num_ids} ids)')
+  if prompt_length + response_length > config.max_len:
+    raise ValueError(f'train_sft.prompt_length + response_length = '
+                     f'{prompt_length + response_length} exceeds PolicyConfig.max_len = '
+                     f'{config.max_len}')
+  os.makedirs(run_dir, exist_ok=True)
+  cache_dir = cache_dir or os.path.join(run_dir, 'arrays')
+  lengths = {'prompt_length': prompt_length, 'response_length': response_length}
+  eval_split = data_arrays.validation_split(data_dir)
+  data = {split: data_arrays.sft_arrays(data_dir, vocabulary, split, cache_dir=cache_dir,
+                                        **lengths)
+          for split in ('train', eval_split)}
+  if max_train_examples is not None:
+    data['train'] = {k: v[:max_train_examples] for k, v in data['train'].items()}
+  truncation = {f'{split}_{name}_full_rows': data_arrays.full_rows(ids)
+                for split, arrays in data.items() for name, ids in arrays.items()}
+
+  mesh = partitioning.create_mesh(tuple(mesh_shape))
+  tx, lr = trainer_utils.make_optimizer(learning_rate, warmup_steps=warmup_steps,
+                                        total_steps=steps, weight_decay=weight_decay,
+                                        schedule=schedule, grad_clip_norm=grad_clip_norm)
+  state, shardings = trainer_utils.init_sharded_state(
+      lambda key: policy.init_params(config, key), policy.abstract_params(config), tx, seed,
+      mesh)
+  logging.info('%s', partitioning.verify_sharding(state.params, shardings.params, mesh).summary())
+
+  train = data['train']
+  schedule_ = loop.EpochBatchSchedule(len(train['prompt_ids']), batch_size, seed=seed)
+  shard, num_shards = jax.process_index(), jax.process_count()
+
+  def batch_fn(step: int) -> dict[str, jax.Array]:
+    idx = schedule_.batch_indices(step, shard, num_shards)
+    return partitioning.shard_batch({k: v[idx] for k, v in train.items()}, mesh)
+
+  train_step = jax.jit(make_train_step(config, lr),
+                       in_shardings=(shardings, partitioning.batch_sharding(mesh)),
+                       out_shardings=(shardings, partitioning.replicated(mesh)),
+                       donate_argnums=(0,))
+  row_nll = jax.jit(make_row_nll_fn(config))
+
+  def evaluate(params: Any) -> dict[str, Any]:
+    rows = trainer_utils.batched_apply(lambda b: row_nll(params, b), data[eval_split],
+                                       eval_batch_size, mesh)
+    return nll_metrics(rows)
+
+  writer = metrics_lib.MetricsWriter(run_dir)
+
+  def step_callback(step: int, state_: loop.TrainState, _: Any) -> None:
+    if eval_every and step % eval_every == 0 and step != steps:
+      scalars = {f'eval/{k}': v for k, v in evaluate(state_.params).items()}
+      writer.write(step, scalars)
+      logging.info('step %d eval: %s', step, scalars)
+
+  info = {'vocabulary': os.path.abspath(vocabulary), 'data_dir': data_dir, **lengths,
+          'num_params': trainer_utils.count_params(state.params)}
+  gin_utils.write_operative_config(run_dir)
+  checkpointer = checkpointing.TrainCheckpointer(
+      os.path.join(run_dir, 'checkpoints'), save_interval_steps=checkpoint_every, max_to_keep=2)
+  with partitioning.activate(mesh), checkpointer, writer:
+    result = loop.run_training(
+        state, train_step, batch_fn, total_steps=steps, checkpointer=checkpointer,
+        metrics_writer=writer, log_every=log_every, resume=resume,
+        progress=metrics_lib.ProgressPrinter(steps, ('loss', 'accuracy')),
+        host_state_fn=schedule_.host_state, load_host_state=schedule_.check_host_state,
+        step_callback=step_callback)
+    if result.status is loop.TrainStatus.COMPLETED:
+      final = evaluate(result.state.params)
+      writer.write(steps, {f'eval/{k}': v for k, v in final.items()})
+      world = None
+      if world_samples_per_prompt > 0:
+        world = world_comparison(
+            data_dir, vocabulary, eval_split, row_nll, result.state.params,
+            eval_batch_size=eval_batch_size, mesh=mesh,
+            samples_per_prompt=world_samples_per_prompt, seed=seed, **lengths)
+  if result.status is not loop.TrainStatus.COMPLETED:
+    return result
+  trainer_utils.save_params(os.path.join(run_dir, PARAMS_FILE), result.state.params)
+  io_utils.atomic_write_json(os.path.join(run_dir, INFO_FILE),
+                             {'config': dataclasses.asdict(config), **info, 'step': result.step})
+  summary = {'split': eval_split, 'step': result.step, 'train_examples': len(train['prompt_ids']),
+             **final, 'final_train_metrics': result.last_metrics, 'truncation': truncation,
+             'num_params': info['num_params'], 'resumed_from_step': result.start_step}
+  if world is not None:
+    summary['world'] = world
+  summary['seconds'] = round(time.time() - start_time, 1)
+  io_utils.atomic_write_json(os.path.join(run_dir, EVAL_FILE), summary)
+  gin_utils.write_operative_config(run_dir)
+  printed = {k: summary[k] for k in ('split', 'step', 'nll_per_token', 'nll_per_response',
+                                     'token_accuracy', 'seconds')}
+  if world is not None:
+    printed['policy_entropy_per_token_upper_bound'] = world['collection_policy'][
+        'entropy_per_token_upper_bound']
+    printed['sft_nll_per_token_on_policy_samples'] = world['sft_nll_per_token_on_policy_samples']
+  print(json.dumps(printed), flush=True)
+  return result
+
+
+def main(args: argparse.Namespace) -> int:
+  """`lsc-align sft --run_dir DIR [--resume]`."""
+  kwargs: dict[str, Any] = {'run_dir': args.run_dir}
+  if getattr(args, 'resume', False):
+    kwargs['resume'] = True
+  return train_sft(**kwargs).exit_code
