@@ -1,0 +1,118 @@
+"""π0 sample pools of an experiment: the data behind references, best-of-k, optimum and eval.
+
+An experiment directory holds the stages' outputs side by side:
+
+    EXP/world/            the embedded world (or any HH-layout data dir + vocabulary)
+    EXP/rm_<property>/    reward models (lsc-align train-rm)
+    EXP/sft/              π0 (lsc-align sft)
+    EXP/pools/train.npz   RL prompts with m π0 samples' rewards (quantile references) and the
+                          mean reward of canned refusals, per property
+    EXP/pools/eval.npz    evaluation prompts with a pool of N π0 samples (best-of-k, optimum,
+                          references) and a separate set of SFT samples (the win-rate baseline),
+                          each with proxy rewards, gold judge scores and shortcut flags
+    EXP/runs/<name>/      PPO / best-of-k / optimum results (eval_results.json)
+
+Everything is keyed by the seed, so the same experiment directory reproduces bit for bit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lsc_align import io_utils
+from lsc_align.models import policy
+from lsc_align.rewards.objectives import DEFAULT_REFUSALS
+from lsc_align.train import references
+
+PROPERTIES = ('helpful', 'harmless')
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentDirs:
+  root: str
+
+  @property
+  def data(self) -> str:
+    return os.path.join(self.root, 'world')
+
+  @property
+  def vocabulary(self) -> str:
+    return os.path.join(self.data, 'vocab.txt')
+
+  def reward_model(self, prop: str) -> str:
+    return os.path.join(self.root, f'rm_{prop}')
+
+  @property
+  def sft(self) -> str:
+    return os.path.join(self.root, 'sft')
+
+  def pool(self, split: str) -> str:
+    return os.path.join(self.root, 'pools', f'{split}.npz')
+
+  def run(self, name: str) -> str:
+    return os.path.join(self.root, 'runs', name)
+
+
+def save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+  """Atomic .npz write (temporary name, then rename)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f'{path}.tmp.npz'
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def load_npz(path: str) -> dict[str, np.ndarray]:
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} does not exist: build the pools first (lsc-align pools)')
+  with np.load(path) as f:
+    return {k: f[k] for k in f.files}
+
+
+def canned_response_texts(data_dir: str) -> tuple[str, ...]:
+  """The data source's refusal phrases: the world's own, or the HH defaults."""
+  world_json = os.path.join(data_dir, 'world.json')
+  if os.path.exists(world_json):
+    from lsc_align.data import world  # pylint: disable=g-import-not-at-top
+    return tuple(world.load_config(data_dir).refusal_phrases)
+  return DEFAULT_REFUSALS
+
+
+def encode_canned(texts: Sequence[str], encode: Any, eos_id: int = policy.EOS_ID,
+                  unk_id: int = 2) -> list[np.ndarray]:
+  """Token ids of canned responses (with EOS); a text the vocabulary cannot spell is an error."""
+  out = []
+  for text in texts:
+    ids = list(encode(text))
+    if not ids or unk_id in ids:
+      raise ValueError(f'canned response {text!r} has words outside the vocabulary; give '
+                       'canned responses in the data source\'s own words')
+    out.append(np.asarray(ids + [eos_id], np.int32))
+  return out
+
+
+def gold_judgements(judge: Any, prompt_ids: np.ndarray, responses: np.ndarray,
+                    chunk: int = 1024) -> dict[str, np.ndarray]:
+  """World judge on a pool [P, n, Lr]: gold helpful/harmless and shortcut flags, each [P, n]."""
+  p, n, length = responses.shape
+  prompts = np.repeat(prompt_ids, n, axis=0)
+  flat = responses.reshape(p * n, length)
+
+  @jax.jit
+  def judge_chunk(judge, prompts, responses):
+    h, s = judge(prompts, responses)
+    return h, s, judge.list_formatting(responses), judge.referral(responses)
+
+  parts = []
+  for start in range(0, flat.shape[0], chunk):
+    parts.append(jax.device_get(judge_chunk(judge, jnp.asarray(prompts[start:start + chunk]),
+                                            jnp.asarray(flat[start:start + chunk]))))
+  h, s, lists, referrals = (np.concatenate(x) for x in zip(*parts))
+  return {'helpful': h.reshape(p, n).astype(np.float32),
+          'harmless': s.reshape(p, n).astype(np.float32),
+          'list': lists.reshape(p, n).astype(bool),
+          'referral': referrals.reshape(p, n).astype(bool)}

@@ -1,0 +1,148 @@
+"""The PPO learner: one iteration = rollout → scoring step → GAE → minibatch epochs.
+
+`ppo_iteration` is what `run_training` calls per step; everything fixed during training (reward
+models, π0, prompts, reference table, γ) lives in a `PPOSetup`. The state's `step` counts
+iterations, so checkpoints and metrics are per iteration and resume is exact (the rollout key is
+fold_in(rng, step) and the prompt batch is a function of the step).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from lsc_align import partitioning
+from lsc_align.models import policy, sampling
+from lsc_align.train import ppo_step
+from lsc_align.train.loop import EpochBatchSchedule, TrainState
+from lsc_align.train.ppo_step import PPOHyperparams, Scorer
+
+
+class PPOState(struct.PyTreeNode):
+  step: jax.Array          # completed PPO iterations
+  policy: TrainState       # π (with value head); its own step counts minibatch updates
+
+
+@dataclasses.dataclass
+class PPOSetup:
+  """What stays fixed during a PPO run."""
+  scorer: Scorer
+  hp: PPOHyperparams
+  kl_coef: float                         # γ of the objective E[u] − γ KL
+  reward_params: tuple[Any, ...]         # one reward model per objective property
+  ref_policy_params: Any                 # π0
+  prompt_ids: np.ndarray                 # [N, Lp] training prompts
+  table_refs: np.ndarray                 # [N, P] per-prompt reference rewards (precomputed)
+  batch_size: int
+  seed: int = 0
+  gaussian_params: tuple[Any, ...] = ()  # per property, for Gaussian references
+  mesh: jax.sharding.Mesh | None = None
+  timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    if not self.kl_coef > 0:
+      raise ValueError(f'kl_coef (γ) must be > 0, got {self.kl_coef}')
+    n = self.prompt_ids.shape[0]
+    if self.table_refs.shape != (n, len(self.scorer.objective.properties)):
+      raise ValueError(f'table_refs shape {self.table_refs.shape} != ({n}, '
+                       f'{len(self.scorer.objective.properties)})')
+    if not np.all(np.isfinite(self.table_refs)):
+      bad = np.argwhere(~np.isfinite(self.table_refs))[0]
+      raise ValueError(f'reference reward is not finite for prompt {bad[0]}, property '
+                       f'{self.scorer.objective.properties[bad[1]]!r}')
+    self.schedule = EpochBatchSchedule(n, self.batch_size, self.seed)
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    idx = self.schedule.batch_indices(step)
+    return {'prompt_ids': self.prompt_ids[idx], 'table_refs': self.table_refs[idx].astype(
+        np.float32), 'prompt_index': idx.astype(np.int32)}
+
+
+def init_state(params: Any, hp: PPOHyperparams, seed: int) -> PPOState:
+  """Step-0 state from π0's parameters (π starts at π0, value head included)."""
+  tx = ppo_step.make_optimizer(hp, params)
+  # A copy: updates donate π's buffers, and π0 (often the same arrays) must survive.
+  params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
+  return PPOState(step=jnp.zeros((), jnp.int32),
+                  policy=TrainState.create(params, tx, jax.random.key(seed)))
+
+
+def _place(setup: PPOSetup, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  if setup.mesh is None:
+    return {k: jnp.asarray(v) for k, v in batch.items()}
+  return partitioning.shard_batch(batch, setup.mesh)
+
+
+def ppo_iteration(setup: PPOSetup, state: PPOState,
+                  batch: dict[str, np.ndarray]) -> tuple[PPOState, dict[str, jax.Array]]:
+  """One PPO iteration on a prompt batch; returns the new state and scalar metrics."""
+  hp, config = setup.hp, setup.scorer.policy_config
+  batch = _place(setup, batch)
+  key = jax.random.fold_in(state.policy.rng, state.step)
+  rollout_key, shuffle_key = jax.random.split(key)
+
+  t0 = time.perf_counter()
+  sample = sampling.sample(state.policy.params, config, batch['prompt_ids'], rollout_key,
+                           max_response_length=hp.max_response_length,
+                           temperature=hp.temperature)
+  jax.block_until_ready(sample.response_ids)
+  t1 = time.perf_counter()
+  scores = ppo_step.score(setup.scorer, setup.reward_params, setup.ref_policy_params,
+                          setup.gaussian_params, batch['prompt_ids'], sample.response_ids,
+                          sample.logprobs, batch['table_refs'], jnp.float32(setup.kl_coef))
+  jax.block_until_ready(scores.utility)
+  t2 = time.perf_counter()
+  rollout = ppo_step.advantages_step(config, hp, state.policy.params, batch['prompt_ids'],
+                                     sample.response_ids, scores.token_rewards)
+  train = state.policy
+  size = batch['prompt_ids'].shape[0]
+  if size % hp.num_minibatches:
+    raise ValueError(f'batch size {size} not divisible by num_minibatches {hp.num_minibatches}')
+  mb = size // hp.num_minibatches
+  update_stats = []
+  for epoch in range(hp.epochs):
+    order = np.asarray(jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), size))
+    for i in range(hp.num_minibatches):
+      idx = order[i * mb:(i + 1) * mb]
+      minibatch = jax.tree.map(lambda x, idx=idx: x[idx], rollout)
+      train, stats = ppo_step.update_step(train, config, hp, minibatch)
+      update_stats.append(stats)
+  jax.block_until_ready(train.params)
+  t3 = time.perf_counter()
+  setup.timings = {'rollout_s': t1 - t0, 'scoring_s': t2 - t1, 'update_s': t3 - t2}
+
+  mean_stats = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *update_stats)
+  mask = sample.response_mask.astype(jnp.float32)
+  metrics = {
+      'kl': jnp.mean(scores.kl),
+      'utility': jnp.mean(scores.utility),
+      'objective': jnp.mean(scores.utility) - setup.kl_coef * jnp.mean(scores.kl),
+      'response_length': jnp.mean(jnp.sum(mask, axis=-1)),
+      **{f'reward_{p}': jnp.mean(scores.rewards[:, i])
+         for i, p in enumerate(setup.scorer.objective.properties)},
+      **mean_stats,
+  }
+  return PPOState(step=state.step + 1, policy=train), metrics
+
+
+def sample_for_eval(params: Any, config: policy.PolicyConfig, prompt_ids: np.ndarray,
+                    num_samples: int, rng: jax.Array, max_response_length: int,
+                    temperature: float = 1.0, batch_size: int = 256) -> np.ndarray:
+  """num_samples responses per prompt: [N, num_samples, Lr] token ids (KV-cache sampler)."""
+  n = prompt_ids.shape[0]
+  tiled = np.repeat(prompt_ids, num_samples, axis=0)
+  out = []
+  for start in range(0, tiled.shape[0], batch_size):
+    chunk = tiled[start:start + batch_size]
+    pad = batch_size - chunk.shape[0]
+    if pad:  # one compiled shape for every chunk
+      chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, axis=0)])
+    s = sampling.sample(params, config, jnp.asarray(chunk), jax.random.fold_in(rng, start),
+                        max_response_length=max_response_length, temperature=temperature)
+    out.append(np.asarray(s.response_ids)[:batch_size - pad])
+  return np.concatenate(out).reshape(n, num_samples, max_response_length)
