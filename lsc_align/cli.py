@@ -19,6 +19,7 @@ class Command:
   function: str  # called as function(args: argparse.Namespace) -> int | None
   help: str
   flags: tuple[tuple[str, dict[str, Any]], ...] = ()
+  default_gin_files: tuple[str, ...] = ()  # used when no --gin_file is given
 
 
 # Modules whose gin configurables any command may reach; imported before gin is parsed and
@@ -26,10 +27,21 @@ class Command:
 CONFIGURABLE_MODULES = ('lsc_align.data.world_config', 'lsc_align.data.world',
                         'lsc_align.models.t5_encoder',
                         'lsc_align.models.reward_model', 'lsc_align.models.policy',
-                        'lsc_align.rewards.objectives')
+                        'lsc_align.rewards.objectives', 'lsc_align.pipeline.pools_stage',
+                        'lsc_align.pipeline.align', 'lsc_align.pipeline.experiment',
+                        'lsc_align.pipeline.demo')
 
 _RUN_DIR = ('--run_dir', {'required': True, 'help': 'run directory (checkpoints, metrics, ...)'})
 _RESUME = ('--resume', {'action': 'store_true', 'help': 'continue from the latest checkpoint'})
+
+def _launch_flags() -> tuple[tuple[str, dict[str, Any]], ...]:
+  from launch import tpu  # pylint: disable=g-import-not-at-top  (standard library only)
+  return tpu.FLAGS
+
+
+_EXP_DIR = ('--exp_dir', {'required': True, 'help': 'experiment directory (lsc_align.train.pools)'})
+_OBJECTIVE = ('--objective', {'required': True,
+                              'help': 'objective name under configs/objectives/, or a .gin path'})
 
 COMMANDS: dict[str, Command] = {
     'example': Command('lsc_align.rewards.example', 'main',
@@ -60,6 +72,40 @@ COMMANDS: dict[str, Command] = {
                              'help': 'start the encoder from this T5X checkpoint'}))),
     'sft': Command('lsc_align.train.sft_trainer', 'main',
                    'train the SFT policy pi0 on the SFT task', (_RUN_DIR, _RESUME)),
+    'pools': Command('lsc_align.pipeline.demo', 'pools_main',
+                     'world, reward models, pi0 and the pi0 sample pools of an experiment',
+                     (_EXP_DIR,)),
+    'bok': Command('lsc_align.pipeline.demo', 'bok_main',
+                   'best-of-k for each k of run_best_of_k.ks on an experiment\'s pool',
+                   (_EXP_DIR, _OBJECTIVE)),
+    'optimum': Command('lsc_align.pipeline.demo', 'optimum_main',
+                       'the closed-form KL-regularised optimum for each gamma',
+                       (_EXP_DIR, _OBJECTIVE)),
+    'ppo': Command('lsc_align.pipeline.demo', 'ppo_main',
+                   'PPO with a transformed / aggregated reward, then its evaluation', (
+                       _EXP_DIR, _OBJECTIVE, _RESUME,
+                       ('--kl_coef', {'type': float, 'default': None, 'help': 'gamma'}),
+                       ('--alpha', {'type': float, 'default': None,
+                                    'help': 'alpha = gamma / (1 + gamma)'}),
+                       ('--seed', {'type': int, 'default': 0}),
+                       ('--run_dir', {'default': None,
+                                      'help': 'default EXP/runs/ppo_<objective>_g<gamma>_s<seed>'}),
+                   )),
+    'sweep': Command('lsc_align.pipeline.demo', 'sweep_main',
+                     'run every point of the bound run_sweep that has no results yet',
+                     (_EXP_DIR,)),
+    'demo': Command('lsc_align.pipeline.demo', 'demo_main',
+                    'the main job: world, reward models, pi0, best-of-k, PPO raw vs LSC, report',
+                    (('--out', {'default': 'lsc_demo', 'help': 'experiment directory'}),),
+                    ('experiments/demo.gin',)),
+    'reproduce': Command('lsc_align.pipeline.demo', 'reproduce_main',
+                         'the paper\'s experiments on the world, several seeds, with the report',
+                         (('--out', {'default': 'lsc_reproduce',
+                                     'help': 'experiment directory'}),),
+                         ('experiments/reproduce.gin',)),
+    'launch': Command('launch.tpu', 'main',
+                      'create / install / run / delete TPU VMs; sweeps per point or sequential',
+                      _launch_flags()),
     'report': Command('lsc_align.eval.report', 'main',
                       'write report.md and figures from the eval results of a sweep', (
                           ('--sweep_dir', {'required': True}),
@@ -92,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   for name in CONFIGURABLE_MODULES:  # and those a command may import lazily after parsing
     importlib.import_module(name)
   from lsc_align import gin_utils  # pylint: disable=g-import-not-at-top
-  gin_utils.parse(args.gin_file, args.gin_param)
+  gin_utils.parse(args.gin_file or list(command.default_gin_files), args.gin_param)
   return int(getattr(module, command.function)(args) or 0)
 
 

@@ -29,12 +29,12 @@ def make_reward_fn(config: reward_model.RewardModelConfig, params: Any) -> Rewar
   return functools.partial(reward_fn, params)
 
 
-def _chunks(num_rows: int, chunk: int):
+def chunks(num_rows: int, chunk: int):
   for start in range(0, num_rows, chunk):
     yield start, min(start + chunk, num_rows)
 
 
-def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+def pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
   if x.shape[0] == rows:
     return x
   return np.concatenate([x, np.repeat(x[:1], rows - x.shape[0], axis=0)])
@@ -52,11 +52,11 @@ def sample_pool(params: Any, config: policy.PolicyConfig, prompt_ids: np.ndarray
   tiled = np.repeat(np.asarray(prompt_ids, np.int32), num_samples, axis=0)
   row_keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(tiled.shape[0]))
   out = []
-  for start, stop in _chunks(tiled.shape[0], chunk):
+  for start, stop in chunks(tiled.shape[0], chunk):
     keys = row_keys[start:stop]
     if stop - start < chunk:
       keys = jnp.concatenate([keys, jnp.repeat(keys[:1], chunk - (stop - start), axis=0)])
-    s = sampling.sample(params, config, jnp.asarray(_pad_rows(tiled[start:stop], chunk)), keys,
+    s = sampling.sample(params, config, jnp.asarray(pad_rows(tiled[start:stop], chunk)), keys,
                         max_response_length=max_response_length, temperature=temperature)
     out.append(np.asarray(s.response_ids)[:stop - start])
   return np.concatenate(out).reshape(n, num_samples, max_response_length)
@@ -69,9 +69,9 @@ def score_pool(reward_fn: RewardFn, prompt_ids: np.ndarray, responses: np.ndarra
   prompts = np.repeat(np.asarray(prompt_ids, np.int32), m, axis=0)
   flat = responses.reshape(n * m, -1)
   out = []
-  for start, stop in _chunks(flat.shape[0], chunk):
-    r = reward_fn(jnp.asarray(_pad_rows(prompts[start:stop], chunk)),
-                  jnp.asarray(_pad_rows(flat[start:stop], chunk)))
+  for start, stop in chunks(flat.shape[0], chunk):
+    r = reward_fn(jnp.asarray(pad_rows(prompts[start:stop], chunk)),
+                  jnp.asarray(pad_rows(flat[start:stop], chunk)))
     out.append(np.asarray(r)[:stop - start])
   scores = np.concatenate(out).reshape(n, m).astype(np.float32)
   if not np.all(np.isfinite(scores)):

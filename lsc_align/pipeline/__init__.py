@@ -1,0 +1,1 @@
+"""The experiment pipeline: stages that chain the trainers, pools, alignment and evaluation."""

@@ -1,0 +1,301 @@
+"""Stage: alignment runs on an experiment's pools, each evaluated against the gold judge.
+
+* `run_best_of_k`: for each k, per evaluation prompt the highest-utility of the first k pooled
+  π0 samples (one pool reused across k); KL log k − (k−1)/k (DESIGN §1).
+* `run_optimum`: the closed-form KL-regularised optimum on the same pool, weights ∝ exp(u/γ).
+* `run_ppo`: the PPO learner (lsc_align.train.ppo) with checkpoints, exact resume, metrics and
+  periodic samples; then fresh samples of the final π on the evaluation prompts, judged.
+
+Every run writes EXP/runs/<name>/eval_results.json(l), read by `lsc-align report`. Utilities on
+evaluation prompts use references from that prompt's own SFT samples and canned responses, so
+the reference never sees the samples it ranks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lsc_align import checkpointing
+from lsc_align import gin_utils
+from lsc_align import io_utils
+from lsc_align import metrics as metrics_lib
+from lsc_align import partitioning
+from lsc_align.eval import evaluate as evaluate_lib
+from lsc_align.eval import results as results_lib
+from lsc_align.models import sampling
+from lsc_align.pipeline import pools_stage
+from lsc_align.rewards import aggregate
+from lsc_align.rewards.objectives import Objective
+from lsc_align.train import best_of_k, loop, optimum, ppo, ppo_math, ppo_step, pools
+from lsc_align.train import references
+
+RESULTS_FILE = 'eval_results.json'
+gin.external_configurable(ppo_step.PPOHyperparams, module='ppo')
+SAMPLES_FILE = 'samples.jsonl'
+
+
+def _rewards(arrays: dict[str, np.ndarray], prefix: str, objective: Objective) -> np.ndarray:
+  """[P, n, num_properties] proxy rewards in the objective's property order."""
+  missing = [p for p in objective.properties if f'{prefix}reward_{p}' not in arrays]
+  if missing:
+    raise ValueError(f'objective {objective.name!r}: the pools have no {missing} rewards')
+  return np.stack([arrays[f'{prefix}reward_{p}'] for p in objective.properties], axis=-1)
+
+
+def eval_references(objective: Objective, arrays: dict[str, np.ndarray]) -> np.ndarray:
+  """[P, num_properties] references of the evaluation prompts (from their SFT samples)."""
+  return references.reference_table(objective, pools_stage.sample_rewards(arrays, 'sft_'),
+                                    pools_stage.canned(arrays))
+
+
+def pool_utilities(objective: Objective, rewards_PxNxK: np.ndarray,
+                   refs_PxK: np.ndarray) -> np.ndarray:
+  """u for every pooled sample: [P, N]."""
+  refs = np.broadcast_to(refs_PxK[:, None, :], rewards_PxNxK.shape)
+  return np.asarray(jax.jit(aggregate.utility, static_argnums=2)(
+      jnp.asarray(rewards_PxNxK), jnp.asarray(refs), objective))
+
+
+def _judged(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
+  """Gold scores, shortcut flags and proxy rewards of a judged pool, keyed for `evaluate`."""
+  if f'{prefix}gold_helpful' not in arrays:
+    raise ValueError('evaluation needs a gold judge: the pools were built without a world '
+                     '(HH text has no gold utilities; train a judge reward model instead)')
+  return {
+      'judge': {p: arrays[f'{prefix}gold_{p}'] for p in pools.PROPERTIES},
+      'flags': {'list': arrays[f'{prefix}flag_list'],
+                'referral': arrays[f'{prefix}flag_referral']},
+      'proxy': pools_stage.sample_rewards(arrays, prefix),
+  }
+
+
+def _sft_judge(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  return {p: arrays[f'sft_gold_{p}'] for p in pools.PROPERTIES}
+
+
+def _write_results(run_dir: str, results: Sequence[results_lib.RunResult]) -> str:
+  path = os.path.join(run_dir, RESULTS_FILE + ('l' if len(results) > 1 else ''))
+  if len(results) == 1:
+    io_utils.atomic_write_json(path, results[0].to_json())
+  else:
+    io_utils.atomic_write_text(path, ''.join(json.dumps(r.to_json()) + '\n' for r in results))
+  return path
+
+
+def _take(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+  return x[np.arange(x.shape[0]), idx][:, None]
+
+
+@gin.configurable
+def run_best_of_k(exp_dir: str, objective: Objective = gin.REQUIRED,
+                  ks: Sequence[int] = (1, 2, 4, 8, 16, 32, 64), seed: int = 0,
+                  name: str | None = None) -> list[results_lib.RunResult]:
+  """Best-of-k for each k on the evaluation pool; writes EXP/runs/bok_<objective>/."""
+  exp = pools.ExperimentDirs(exp_dir)
+  arrays = pools.load_npz(exp.pool('eval'))
+  n = arrays['pool_responses'].shape[1]
+  if max(ks) > n or min(ks) < 1:
+    raise ValueError(f'run_best_of_k.ks = {list(ks)}: each k must be in [1, {n}] (pool size)')
+  u = pool_utilities(objective, _rewards(arrays, 'pool_', objective),
+                     eval_references(objective, arrays))
+  judged = _judged(arrays, 'pool_')
+  run = name or f'bok_{objective.name}'
+  out = []
+  for row in best_of_k.best_of_k_sweep(u, ks):
+    idx = row['selected']
+    pick = lambda d: {key: _take(v, idx) for key, v in d.items()}  # pylint: disable=cell-var-from-loop
+    out.append(evaluate_lib.evaluate(
+        run=f'{run}_k{row["k"]}', method='bok', objective=objective.name,
+        transform=objective.transform.value, seed=seed, k=int(row['k']),
+        policy_judge=pick(judged['judge']), sft_judge=_sft_judge(arrays),
+        kl_per_prompt=np.full(u.shape[0], row['kl']), shortcut_flags=pick(judged['flags']),
+        proxy_rewards=pick(judged['proxy']),
+        extra={'utility': float(np.mean(_take(u, idx)))}))
+  _write_results(exp.run(run), out)
+  return out
+
+
+@gin.configurable
+def run_optimum(exp_dir: str, objective: Objective = gin.REQUIRED,
+                kl_coefs: Sequence[float] = (0.03, 0.1, 0.3, 1.0), seed: int = 0,
+                name: str | None = None) -> list[results_lib.RunResult]:
+  """The closed-form optimum at each γ on the evaluation pool; writes EXP/runs/optimum_<obj>/."""
+  exp = pools.ExperimentDirs(exp_dir)
+  arrays = pools.load_npz(exp.pool('eval'))
+  u = pool_utilities(objective, _rewards(arrays, 'pool_', objective),
+                     eval_references(objective, arrays))
+  judged = _judged(arrays, 'pool_')
+  run = name or f'optimum_{objective.name}'
+  out = []
+  for gamma in kl_coefs:
+    w = np.asarray(optimum.optimal_weights(u, gamma), np.float64)
+    objective_value = float(np.mean(optimum.optimum_objective(u, gamma)))
+    out.append(evaluate_lib.evaluate(
+        run=f'{run}_g{gamma:g}', method='optimum', objective=objective.name,
+        transform=objective.transform.value, seed=seed, gamma=float(gamma),
+        policy_judge=judged['judge'], sft_judge=_sft_judge(arrays),
+        kl_per_prompt=np.asarray(optimum.optimum_kl(u, gamma)), shortcut_flags=judged['flags'],
+        proxy_rewards=judged['proxy'], sample_weights=w,
+        extra={'objective_value': objective_value, 'utility': float(np.sum(w * u, 1).mean())}))
+  _write_results(exp.run(run), out)
+  return out
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class PPOEval:
+  """Evaluation of a trained π on the evaluation prompts."""
+  samples_per_prompt: int = 4
+  batch_size: int = 256
+
+
+def _kl_per_prompt(params: Any, ref_params: Any, config: Any, prompts: np.ndarray,
+                   responses: np.ndarray, temperature: float, chunk: int) -> np.ndarray:
+  """Mean over a prompt's samples of Σ_t log π − log π0: [P] (a sample estimate of the KL)."""
+  p, n, length = responses.shape
+  tiled, flat = np.repeat(prompts, n, axis=0), responses.reshape(p * n, length)
+
+  @jax.jit
+  def seq_kl(x, y):
+    pi = sampling.response_logprobs(params, config, x, y, temperature)
+    pi0 = sampling.response_logprobs(ref_params, config, x, y, temperature)
+    return jnp.sum((pi.logprobs - pi0.logprobs) * pi.response_mask, axis=-1)
+
+  out = [np.asarray(seq_kl(jnp.asarray(references.pad_rows(tiled[s:e], chunk)),
+                           jnp.asarray(references.pad_rows(flat[s:e], chunk))))[:e - s]
+         for s, e in references.chunks(p * n, chunk)]
+  return np.concatenate(out).reshape(p, n).mean(axis=1)
+
+
+def ppo_run_name(objective: Objective, kl_coef: float, seed: int) -> str:
+  return f'ppo_{objective.name}_g{kl_coef:g}_s{seed}'
+
+
+@gin.configurable
+def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | None = None,
+            alpha: float | None = None, steps: int = 100, batch_size: int = 32,
+            hp: ppo_step.PPOHyperparams = ppo_step.PPOHyperparams(), seed: int = 0,
+            resume: bool = False, checkpoint_every: int = 25, log_every: int = 10,
+            sample_every: int = 25, mesh_shape: Sequence[int] = (-1, 1),
+            evaluation: PPOEval = PPOEval(), run_dir: str | None = None
+            ) -> results_lib.RunResult | None:
+  """PPO on the objective at γ (or α = γ/(1+γ)); writes and evaluates EXP/runs/ppo_.../.
+
+  Returns the RunResult, or None when the run was preempted (resume with resume=True).
+  """
+  if (kl_coef is None) == (alpha is None):
+    raise ValueError('run_ppo: give exactly one of kl_coef (γ) and alpha (γ/(1+γ))')
+  gamma = float(kl_coef) if kl_coef is not None else ppo_math.kl_coef_from_alpha(alpha)
+  start_time = time.time()
+  exp = pools.ExperimentDirs(exp_dir)
+  run_dir = run_dir or exp.run(ppo_run_name(objective, gamma, seed))
+  os.makedirs(run_dir, exist_ok=True)
+  models = pools_stage.load_models(exp)
+  train = pools.load_npz(exp.pool('train'))
+  table = references.reference_table(objective, pools_stage.sample_rewards(train, ''),
+                                     pools_stage.canned(train))
+  scorer = ppo_step.Scorer(objective, tuple(models.reward_configs[p] for p in objective.properties),
+                           models.policy_config, hp.temperature)
+  mesh = partitioning.create_mesh(tuple(mesh_shape))
+  setup = ppo.PPOSetup(scorer=scorer, hp=hp, kl_coef=gamma,
+                       reward_params=tuple(models.reward_params[p] for p in objective.properties),
+                       ref_policy_params=models.policy_params, prompt_ids=train['prompt_ids'],
+                       table_refs=table, batch_size=batch_size, seed=seed, mesh=mesh)
+  state = ppo.init_state(models.policy_params, hp, seed)
+  vocab = None
+
+  def train_step(state_, batch):
+    state_, metrics = ppo.ppo_iteration(setup, state_, batch)
+    return state_, {**metrics, **{f'time/{k}': v for k, v in setup.timings.items()}}
+
+  writer = metrics_lib.MetricsWriter(run_dir)
+
+  def step_callback(step: int, state_: ppo.PPOState, _: Any) -> None:
+    nonlocal vocab
+    if not sample_every or step % sample_every:
+      return
+    from lsc_align.train import data_arrays  # pylint: disable=g-import-not-at-top
+    vocab = vocab or data_arrays.load_vocabulary(exp.vocabulary)
+    prompts = setup.batch(step)['prompt_ids'][:4]
+    out = sampling.sample(state_.policy.params, models.policy_config, jnp.asarray(prompts),
+                          jax.random.fold_in(jax.random.key(seed + 1), step),
+                          max_response_length=hp.max_response_length,
+                          temperature=hp.temperature)
+    for p, r in zip(prompts, np.asarray(out.response_ids)):
+      io_utils.append_jsonl(os.path.join(run_dir, SAMPLES_FILE), {
+          'step': step, 'prompt': vocab.decode([int(t) for t in p if t > 1]),
+          'response': vocab.decode([int(t) for t in r if t > 1])})
+
+  info = {'objective': objective.to_dict(), 'kl_coef': gamma, 'alpha': ppo_math.alpha_from_kl_coef(
+      gamma), 'seed': seed, 'steps': steps, 'batch_size': batch_size, 'hp': dataclasses.asdict(hp)}
+  io_utils.atomic_write_json(os.path.join(run_dir, 'run.json'), info)
+  try:
+    gin_utils.write_operative_config(run_dir)
+  except ValueError:  # gin not in use (library call): nothing to record
+    pass
+  checkpointer = checkpointing.TrainCheckpointer(
+      os.path.join(run_dir, 'checkpoints'), save_interval_steps=checkpoint_every, max_to_keep=2)
+  with partitioning.activate(mesh), checkpointer, writer:
+    result = loop.run_training(
+        state, train_step, setup.batch, total_steps=steps, checkpointer=checkpointer,
+        metrics_writer=writer, log_every=log_every, resume=resume,
+        progress=metrics_lib.ProgressPrinter(steps, ('utility', 'kl')),
+        host_state_fn=setup.schedule.host_state, load_host_state=setup.schedule.check_host_state,
+        step_callback=step_callback)
+  if result.status is not loop.TrainStatus.COMPLETED:
+    return None
+  evaluated = evaluate_ppo(exp, objective, gamma, seed, result.state.policy.params, models, hp,
+                           evaluation, run=os.path.basename(run_dir.rstrip('/')),
+                           train_seconds=time.time() - start_time,
+                           last_metrics=result.last_metrics)
+  _write_results(run_dir, [evaluated])
+  return evaluated
+
+
+def evaluate_ppo(exp: pools.ExperimentDirs, objective: Objective, gamma: float, seed: int,
+                 params: Any, models: pools_stage.Models, hp: ppo_step.PPOHyperparams,
+                 evaluation: PPOEval, run: str, train_seconds: float,
+                 last_metrics: dict[str, Any]) -> results_lib.RunResult:
+  """Samples the final π on the evaluation prompts; judged, with KL and the optimum's share."""
+  arrays = pools.load_npz(exp.pool('eval'))
+  prompts = arrays['prompt_ids']
+  responses = ppo.sample_for_eval(params, models.policy_config, prompts,
+                                  evaluation.samples_per_prompt,
+                                  jax.random.key(10_000 + seed), hp.max_response_length,
+                                  hp.temperature, evaluation.batch_size)
+  kl = _kl_per_prompt(params, models.policy_params, models.policy_config, prompts, responses,
+                      hp.temperature, evaluation.batch_size)
+  judged = pools_stage.judge_pool(pools_stage.load_judge(exp.data), prompts, responses)
+  scored = {f'reward_{p}': references.score_pool(models.reward_fn(p), prompts, responses,
+                                                 evaluation.batch_size)
+            for p in objective.properties}
+  refs = eval_references(objective, arrays)
+  u = pool_utilities(objective, _rewards(scored, '', objective), refs)
+  u_pool = pool_utilities(objective, _rewards(arrays, 'pool_', objective), refs)
+  reached = float(u.mean() - gamma * kl.mean())
+  best = float(np.mean(optimum.optimum_objective(u_pool, gamma)))
+  baseline = float(u_pool.mean())
+  try:
+    fraction = optimum.objective_fraction(reached, best, baseline)
+  except ValueError:
+    fraction = None
+  judged = {**judged, **scored}
+  extra = {'utility': float(u.mean()), 'objective_value': reached,
+           'optimum_objective_value': best, 'pi0_objective_value': baseline,
+           'objective_fraction_of_optimum': fraction, 'train_seconds': round(train_seconds, 1),
+           'alpha': ppo_math.alpha_from_kl_coef(gamma),
+           'final_train_metrics': {k: v for k, v in last_metrics.items()}}
+  return evaluate_lib.evaluate(
+      run=run, method='ppo', objective=objective.name, transform=objective.transform.value,
+      seed=seed, gamma=gamma, policy_judge=_judged(judged, '')['judge'],
+      sft_judge=_sft_judge(arrays), kl_per_prompt=kl, shortcut_flags=_judged(judged, '')['flags'],
+      proxy_rewards=pools_stage.sample_rewards(scored, ''), extra=extra)

@@ -1,0 +1,181 @@
+"""An experiment end to end: world → reward models → π0 → pools → sweeps → report.
+
+`prepare` runs the stages that every alignment run shares; `run_sweep` expands a sweep (PPO over
+objectives × γ × seeds, best-of-k and the closed-form optimum over objectives) into runs and
+runs them one after another. Every stage is skipped when its output exists and resumed from its
+latest checkpoint when it was interrupted, so re-running a killed command continues it.
+Objectives are named by their files under configs/objectives/ (`load_objective`); the weighted
+raw-sum baseline is swept over w with `weighted_variants`.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import logging
+import os
+import re
+import time
+from typing import Any, Mapping, Sequence
+
+import gin
+
+from lsc_align import gin_utils
+from lsc_align import io_utils
+from lsc_align.pipeline import align
+from lsc_align.pipeline import pools_stage
+from lsc_align.rewards import objectives as objectives_lib
+from lsc_align.rewards.objectives import Objective
+from lsc_align.train import pools
+
+_BINDING = re.compile(r'^make_objective\.(\w+)\s*=\s*(.+)$')
+
+
+def load_objective(name: str) -> Objective:
+  """The objective of configs/objectives/<name>.gin (its make_objective literal bindings)."""
+  path = gin_utils.resolve_gin_file(name if name.endswith('.gin') else f'objectives/{name}')
+  kwargs: dict[str, Any] = {}
+  for number, line in enumerate(open(path, encoding='utf-8'), 1):
+    line = line.split('#', 1)[0].strip()
+    if not line or line.startswith(('import ', 'include ')):
+      continue
+    match = _BINDING.match(line)
+    if not match:
+      raise ValueError(f'{path}:{number}: only make_objective.<arg> = <literal> bindings are '
+                       f'supported in objective files, got {line!r}')
+    try:
+      kwargs[match.group(1)] = ast.literal_eval(match.group(2))
+    except (ValueError, SyntaxError) as e:
+      raise ValueError(f'{path}:{number}: {match.group(2)!r} is not a literal: {e}') from e
+  return objectives_lib.make_objective(**kwargs)
+
+
+def weighted_variants(objective: Objective, helpful_weights: Sequence[float]) -> list[Objective]:
+  """The weighted raw-sum baseline at each w: w·r_helpful + (1 − w)·r_harmless."""
+  if set(objective.properties) != {'helpful', 'harmless'}:
+    raise ValueError(f'objective {objective.name!r} is not a helpful + harmless sum')
+  out = []
+  for w in helpful_weights:
+    weights = {'helpful': w, 'harmless': 1.0 - w}
+    out.append(dataclasses.replace(objective, name=f'{objective.name}_w{w:g}',
+                                   weights=tuple(weights[p] for p in objective.properties)))
+  return out
+
+
+def _stage_done(path: str) -> bool:
+  return os.path.exists(path)
+
+
+def _resume_flag(run_dir: str) -> bool:
+  return os.path.isdir(os.path.join(run_dir, 'checkpoints'))
+
+
+@gin.configurable
+def prepare(exp_dir: str, pool_sizes: pools_stage.PoolSizes = pools_stage.PoolSizes(),
+            seed: int = 0, log: Any = print) -> pools.ExperimentDirs:
+  """World, both reward models, π0 and the pools (each skipped if done, resumed if started)."""
+  from lsc_align.data import world as world_lib  # pylint: disable=g-import-not-at-top
+  from lsc_align.train import reward_model_trainer, sft_trainer  # pylint: disable=g-import-not-at-top
+  exp = pools.ExperimentDirs(exp_dir)
+  os.makedirs(exp_dir, exist_ok=True)
+  if not _stage_done(os.path.join(exp.data, 'world.json')):
+    log(f'[1/4] world -> {exp.data}')
+    world_lib.build_world(exp.data)
+  for prop in pools.PROPERTIES:
+    run_dir = exp.reward_model(prop)
+    if not _stage_done(os.path.join(run_dir, reward_model_trainer.PARAMS_FILE)):
+      log(f'[2/4] reward model {prop} -> {run_dir}')
+      result = reward_model_trainer.train_reward_model(
+          run_dir=run_dir, data_dir=exp.data, vocabulary=exp.vocabulary, property_name=prop,
+          seed=seed, resume=_resume_flag(run_dir))
+      _check_completed(result, run_dir)
+  if not _stage_done(os.path.join(exp.sft, sft_trainer.PARAMS_FILE)):
+    log(f'[3/4] SFT policy pi0 -> {exp.sft}')
+    result = sft_trainer.train_sft(run_dir=exp.sft, data_dir=exp.data,
+                                   vocabulary=exp.vocabulary, seed=seed,
+                                   resume=_resume_flag(exp.sft))
+    _check_completed(result, exp.sft)
+  if not all(_stage_done(exp.pool(s)) for s in ('train', 'eval')):
+    log(f'[4/4] pi0 sample pools -> {os.path.dirname(exp.pool("train"))}')
+  pools_stage.build_pools(exp_dir, pool_sizes, seed=seed)
+  return exp
+
+
+class Preempted(Exception):
+  """A stage stopped on SIGTERM after saving a checkpoint; re-run the command to resume."""
+
+
+def _check_completed(result: Any, run_dir: str) -> None:
+  if result is None or getattr(result, 'exit_code', 0):
+    raise Preempted(f'{run_dir}: stopped after a preemption save; re-run to resume')
+
+
+@gin.configurable
+def run_sweep(exp_dir: str, ppo_objectives: Sequence[str] = (),
+              kl_coefs: Sequence[float] = (), seeds: Sequence[int] = (0,),
+              bok_objectives: Sequence[str] = (), ks: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
+              optimum_objectives: Sequence[str] = (),
+              optimum_kl_coefs: Sequence[float] = (0.03, 0.1, 0.3, 1.0),
+              helpful_weights: Sequence[float] = (), ppo_helpful_weights: Sequence[float] = (),
+              log: Any = print) -> list[str]:
+  """Runs every point of the sweep that has no eval results yet; returns the run directories.
+
+  kl_coefs is a list of γ for every PPO objective, or a mapping objective name → list (raw and
+  transformed utilities live on different scales, so their γ ranges differ). An objective name
+  ending in 'raw_sum' expands to one weighted variant per helpful_weights entry for best-of-k
+  and the optimum, and per ppo_helpful_weights entry for PPO (when given).
+  """
+  exp = pools.ExperimentDirs(exp_dir)
+
+  def expand(names: Sequence[str], weights: Sequence[float]) -> list[tuple[str, Objective]]:
+    out = []
+    for name in names:
+      objective = load_objective(name)
+      if name.endswith('raw_sum') and weights:
+        out.extend((name, o) for o in weighted_variants(objective, weights))
+      else:
+        out.append((name, objective))
+    return out
+
+  def gammas(name: str) -> Sequence[float]:
+    if isinstance(kl_coefs, Mapping):
+      if name not in kl_coefs:
+        raise ValueError(f'run_sweep.kl_coefs has no entry for PPO objective {name!r}')
+      return kl_coefs[name]
+    return kl_coefs
+
+  done: list[str] = []
+  for _, objective in expand(bok_objectives, helpful_weights):
+    run_dir = exp.run(f'bok_{objective.name}')
+    if not _has_results(run_dir):
+      log(f'best-of-k {objective.name}: k in {list(ks)}')
+      align.run_best_of_k(exp_dir, objective, ks=ks)
+    done.append(run_dir)
+  for _, objective in expand(optimum_objectives, helpful_weights):
+    run_dir = exp.run(f'optimum_{objective.name}')
+    if not _has_results(run_dir):
+      log(f'closed-form optimum {objective.name}: gamma in {list(optimum_kl_coefs)}')
+      align.run_optimum(exp_dir, objective, kl_coefs=optimum_kl_coefs)
+    done.append(run_dir)
+  points = [(o, g, s) for name, o in expand(ppo_objectives, ppo_helpful_weights)
+            for g in gammas(name) for s in seeds]
+  for i, (objective, gamma, seed) in enumerate(points, 1):
+    run_dir = exp.run(align.ppo_run_name(objective, gamma, seed))
+    if not _has_results(run_dir):
+      log(f'PPO {i}/{len(points)}: {objective.name} gamma={gamma:g} seed={seed}')
+      start = time.time()
+      result = align.run_ppo(exp_dir, objective, kl_coef=gamma, seed=seed,
+                             resume=_resume_flag(run_dir), run_dir=run_dir)
+      _check_completed(result, run_dir)
+      log(f'  done in {time.time() - start:.0f} s: KL {result.kl:.2f}, win rates '
+          + ', '.join(f'{k} {v:.3f}' for k, v in result.win_rate.items()))
+    done.append(run_dir)
+  return done
+
+
+def _has_results(run_dir: str) -> bool:
+  return any(os.path.exists(os.path.join(run_dir, align.RESULTS_FILE + s)) for s in ('', 'l'))
+
+
+def write_summary(path: str, obj: Any) -> None:
+  io_utils.atomic_write_json(path, obj)
+  logging.info('wrote %s', path)

@@ -1,0 +1,162 @@
+"""Stage: π0 sample pools for an experiment directory (layout in lsc_align.train.pools).
+
+`build_pools` samples, once per experiment, everything the alignment methods and the evaluation
+read: for RL prompts, m π0 samples' proxy rewards (quantile references) and the canned
+refusals' reward; for evaluation prompts, a pool of N π0 samples (best-of-k, the closed-form
+optimum) and a separate set of SFT samples (win-rate baseline and the references of the
+evaluation prompts), each with proxy rewards, gold judge scores and shortcut flags. Every draw
+is keyed by the seed, so a pool is reproducible; each file is written atomically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Mapping
+
+import gin
+import jax
+import numpy as np
+
+from lsc_align.data import world as world_lib
+from lsc_align.data import world_judge
+from lsc_align.train import data_arrays
+from lsc_align.train import pools
+from lsc_align.train import references
+from lsc_align.train import reward_model_trainer
+from lsc_align.train import sft_trainer
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class PoolSizes:
+  """How many prompts and samples each pool holds."""
+  train_prompts: int = 256        # RL prompts (both prompt mixes)
+  train_samples: int = 16         # m π0 samples per RL prompt (quantile references)
+  eval_prompts: int = 128         # evaluation prompts (test split, both mixes)
+  eval_pool_samples: int = 64     # N π0 samples per evaluation prompt (best-of-k, optimum)
+  eval_sft_samples: int = 16      # SFT samples per evaluation prompt (win-rate baseline)
+  response_length: int = 40       # tokens per sampled response (incl. EOS)
+  temperature: float = 1.0
+  chunk: int = 256                # rows per jitted sampling / scoring call
+
+
+@dataclasses.dataclass
+class Models:
+  """π0 and one proxy reward model per property, as loaded from an experiment directory."""
+  policy_config: Any
+  policy_params: Any
+  reward_configs: dict[str, Any]
+  reward_params: dict[str, Any]
+  prompt_length: int
+
+  def reward_fn(self, prop: str) -> references.RewardFn:
+    return references.make_reward_fn(self.reward_configs[prop], self.reward_params[prop])
+
+
+def load_models(exp: pools.ExperimentDirs) -> Models:
+  """π0 from EXP/sft and the reward models from EXP/rm_<property>."""
+  config, params = sft_trainer.load_policy(exp.sft)
+  prompt_length = int(sft_trainer.policy_info(exp.sft)['prompt_length'])
+  rcfg, rparams = {}, {}
+  for prop in pools.PROPERTIES:
+    rcfg[prop], rparams[prop] = reward_model_trainer.load_reward_model(exp.reward_model(prop))
+  return Models(config, params, rcfg, rparams, prompt_length)
+
+
+def load_judge(data_dir: str) -> world_judge.GoldJudge | None:
+  """The gold judge of a world directory; None for other data (HH text has no gold)."""
+  if not os.path.exists(os.path.join(data_dir, 'world.json')):
+    return None
+  return world_judge.build_judge(world_lib.load_config(data_dir))
+
+
+def prompt_set(data_dir: str, vocabulary: str, split: str, prompt_length: int, num: int,
+               seed: int, cache_dir: str) -> np.ndarray:
+  """`num` distinct prompts of both prompt mixes, a seeded choice (all if fewer): [num, Lp]."""
+  ids = data_arrays.task_arrays(data_dir, vocabulary, 'prompts/all', split,
+                                {'prompt': prompt_length}, cache_dir=cache_dir)['prompt_ids']
+  ids = np.unique(ids, axis=0)
+  if num < len(ids):
+    ids = ids[np.sort(np.random.default_rng(seed).choice(len(ids), num, replace=False))]
+  return ids.astype(np.int32)
+
+
+def judge_pool(judge: world_judge.GoldJudge | None, prompt_ids: np.ndarray,
+               responses: np.ndarray) -> dict[str, np.ndarray]:
+  """gold_<property> and shortcut flags [P, n] from the world judge ({} without one)."""
+  if judge is None:
+    return {}
+  judged = pools.gold_judgements(judge, prompt_ids, responses)
+  return {'gold_helpful': judged['helpful'], 'gold_harmless': judged['harmless'],
+          'flag_list': judged['list'], 'flag_referral': judged['referral']}
+
+
+def _score_all(models: Models, prompt_ids: np.ndarray, responses: np.ndarray,
+               chunk: int) -> dict[str, np.ndarray]:
+  return {f'reward_{prop}': references.score_pool(models.reward_fn(prop), prompt_ids, responses,
+                                                  chunk)
+          for prop in pools.PROPERTIES}
+
+
+def _canned_all(models: Models, data_dir: str, vocabulary: str, prompt_ids: np.ndarray,
+                chunk: int) -> dict[str, np.ndarray]:
+  vocab = data_arrays.load_vocabulary(vocabulary)
+  canned = pools.encode_canned(pools.canned_response_texts(data_dir), vocab.encode)
+  return {f'canned_{prop}': references.canned_rewards(models.reward_fn(prop), prompt_ids,
+                                                      canned, chunk)
+          for prop in pools.PROPERTIES}
+
+
+def build_pools(exp_dir: str, sizes: PoolSizes = PoolSizes(), seed: int = 0,
+                data_dir: str | None = None, vocabulary: str | None = None,
+                overwrite: bool = False) -> dict[str, str]:
+  """Writes EXP/pools/train.npz and EXP/pools/eval.npz (skipped when present); returns paths."""
+  exp = pools.ExperimentDirs(exp_dir)
+  data_dir = data_dir or exp.data
+  vocabulary = vocabulary or exp.vocabulary
+  paths = {'train': exp.pool('train'), 'eval': exp.pool('eval')}
+  if not overwrite and all(os.path.exists(p) for p in paths.values()):
+    return paths
+  start = time.time()
+  models = load_models(exp)
+  judge = load_judge(data_dir)
+  cache = os.path.join(exp_dir, 'pools', 'arrays')
+  rng = jax.random.key(seed)
+  lp, lr, chunk = models.prompt_length, sizes.response_length, sizes.chunk
+
+  def sample(prompt_ids, n, stream):
+    return references.sample_pool(models.policy_params, models.policy_config, prompt_ids, n,
+                                  jax.random.fold_in(rng, stream), lr, sizes.temperature, chunk)
+
+  train_prompts = prompt_set(data_dir, vocabulary, 'train', lp, sizes.train_prompts, seed, cache)
+  train_samples = sample(train_prompts, sizes.train_samples, 0)
+  train = {'prompt_ids': train_prompts,
+           **_score_all(models, train_prompts, train_samples, chunk),
+           **_canned_all(models, data_dir, vocabulary, train_prompts, chunk)}
+  eval_split = 'test' if judge is not None else data_arrays.validation_split(data_dir)
+  eval_prompts = prompt_set(data_dir, vocabulary, eval_split, lp, sizes.eval_prompts, seed + 1,
+                            cache)
+  pool = sample(eval_prompts, sizes.eval_pool_samples, 1)
+  sft = sample(eval_prompts, sizes.eval_sft_samples, 2)
+  evaluation = {'prompt_ids': eval_prompts, 'pool_responses': pool, 'sft_responses': sft,
+                **{f'pool_{k}': v for k, v in _score_all(models, eval_prompts, pool, chunk).items()},
+                **{f'pool_{k}': v for k, v in judge_pool(judge, eval_prompts, pool).items()},
+                **{f'sft_{k}': v for k, v in _score_all(models, eval_prompts, sft, chunk).items()},
+                **{f'sft_{k}': v for k, v in judge_pool(judge, eval_prompts, sft).items()},
+                **_canned_all(models, data_dir, vocabulary, eval_prompts, chunk)}
+  pools.save_npz(paths['train'], train)
+  pools.save_npz(paths['eval'], evaluation)
+  logging.info('pools written in %.1f s', time.time() - start)
+  return paths
+
+
+def sample_rewards(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+  """property -> [P, m] proxy rewards of the π0 samples stored under `prefix`reward_<prop>."""
+  return {p: arrays[f'{prefix}reward_{p}'] for p in pools.PROPERTIES
+          if f'{prefix}reward_{p}' in arrays}
+
+
+def canned(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  return {p: arrays[f'canned_{p}'] for p in pools.PROPERTIES if f'canned_{p}' in arrays}
