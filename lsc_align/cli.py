@@ -87,7 +87,7 @@ COMMANDS: dict[str, Command] = {
                        ('--kl_coef', {'type': float, 'default': None, 'help': 'gamma'}),
                        ('--alpha', {'type': float, 'default': None,
                                     'help': 'alpha = gamma / (1 + gamma)'}),
-                       ('--seed', {'type': int, 'default': 0}),
+                       ('--seed', {'type': int, 'default': None}),
                        ('--run_dir', {'default': None,
                                       'help': 'default EXP/runs/ppo_<objective>_g<gamma>_s<seed>'}),
                    )),
@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   command: Command = args._command  # pylint: disable=protected-access
+  if command.module.startswith('lsc_align.'):  # jobs, not the launcher
+    from lsc_align import distributed  # pylint: disable=g-import-not-at-top
+    distributed.maybe_initialize()  # on a pod (driven by the environment), before any JAX use
   module = importlib.import_module(command.module)  # registers its gin configurables
   for name in CONFIGURABLE_MODULES:  # and those a command may import lazily after parsing
     importlib.import_module(name)

@@ -183,15 +183,18 @@ def ppo_run_name(objective: Objective, kl_coef: float, seed: int) -> str:
 @gin.configurable
 def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | None = None,
             alpha: float | None = None, steps: int = 100, batch_size: int = 32,
-            hp: ppo_step.PPOHyperparams = ppo_step.PPOHyperparams(), seed: int = 0,
+            hp: ppo_step.PPOHyperparams | None = None, seed: int = 0,
             resume: bool = False, checkpoint_every: int = 25, log_every: int = 10,
             sample_every: int = 25, mesh_shape: Sequence[int] = (-1, 1),
-            evaluation: PPOEval = PPOEval(), run_dir: str | None = None
+            evaluation: PPOEval | None = None, run_dir: str | None = None
             ) -> results_lib.RunResult | None:
   """PPO on the objective at γ (or α = γ/(1+γ)); writes and evaluates EXP/runs/ppo_.../.
 
-  Returns the RunResult, or None when the run was preempted (resume with resume=True).
+  hp and evaluation default to PPOHyperparams() and PPOEval() (as bound by gin). Returns the
+  RunResult, or None when the run was preempted (resume with resume=True).
   """
+  hp = hp or ppo_step.PPOHyperparams()
+  evaluation = evaluation or PPOEval()
   if (kl_coef is None) == (alpha is None):
     raise ValueError('run_ppo: give exactly one of kl_coef (γ) and alpha (γ/(1+γ))')
   gamma = float(kl_coef) if kl_coef is not None else ppo_math.kl_coef_from_alpha(alpha)
@@ -199,6 +202,10 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
   exp = pools.ExperimentDirs(exp_dir)
   run_dir = run_dir or exp.run(ppo_run_name(objective, gamma, seed))
   os.makedirs(run_dir, exist_ok=True)
+  pool_length = pools.load_npz(exp.pool('eval'))['pool_responses'].shape[-1]
+  if hp.max_response_length != pool_length:  # the SFT baseline must get the same budget
+    raise ValueError(f'PPOHyperparams.max_response_length = {hp.max_response_length} but the '
+                     f'pools hold responses of {pool_length} tokens (PoolSizes.response_length)')
   models = pools_stage.load_models(exp)
   train = pools.load_npz(exp.pool('train'))
   table = references.reference_table(objective, pools_stage.sample_rewards(train, ''),
@@ -210,7 +217,10 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
                        reward_params=tuple(models.reward_params[p] for p in objective.properties),
                        ref_policy_params=models.policy_params, prompt_ids=train['prompt_ids'],
                        table_refs=table, batch_size=batch_size, seed=seed, mesh=mesh)
-  state = ppo.init_state(models.policy_params, hp, seed)
+  # Replicated on the mesh (the batch is what is split over 'data'); a restored checkpoint
+  # takes the template's placement, so a resumed run lives on the same devices.
+  state = jax.device_put(ppo.init_state(models.policy_params, hp, seed),
+                         partitioning.replicated(mesh))
   vocab = None
 
   def train_step(state_, batch):

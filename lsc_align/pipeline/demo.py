@@ -53,6 +53,9 @@ def run_experiment(out_dir: str, seed: int = 0, name: str = 'experiment') -> str
 
   experiment.prepare(out_dir, seed=seed, log=log)
   experiment.run_sweep(out_dir, log=log)
+  from lsc_align import distributed  # pylint: disable=g-import-not-at-top
+  if not distributed.is_main_process():  # one writer for the report and summary
+    return os.path.join(out_dir, 'report', 'report.md')
   report_dir = os.path.join(out_dir, 'report')
   path = report_lib.write_report(os.path.join(out_dir, 'runs'), report_dir)
   results = results_lib.load_run_results(os.path.join(out_dir, 'runs'))
@@ -107,8 +110,9 @@ def optimum_main(args: argparse.Namespace) -> int:
 
 def ppo_main(args: argparse.Namespace) -> int:
   """`lsc-align ppo --exp_dir EXP --objective NAME (--kl_coef G | --alpha A) [--resume]`."""
-  result = align.run_ppo(args.exp_dir, _objective(args), kl_coef=args.kl_coef, alpha=args.alpha,
-                         seed=args.seed, resume=args.resume, run_dir=args.run_dir)
+  given = {k: getattr(args, k) for k in ('kl_coef', 'alpha', 'seed', 'run_dir')
+           if getattr(args, k) is not None}  # what is not given comes from gin (run_ppo.*)
+  result = align.run_ppo(args.exp_dir, _objective(args), resume=args.resume, **given)
   if result is None:
     from lsc_align.train import loop  # pylint: disable=g-import-not-at-top
     return loop.EXIT_CODE_PREEMPTED

@@ -70,9 +70,12 @@ def _resume_flag(run_dir: str) -> bool:
 
 
 @gin.configurable
-def prepare(exp_dir: str, pool_sizes: pools_stage.PoolSizes = pools_stage.PoolSizes(),
+def prepare(exp_dir: str, pool_sizes: pools_stage.PoolSizes | None = None,
             seed: int = 0, log: Any = print) -> pools.ExperimentDirs:
-  """World, both reward models, π0 and the pools (each skipped if done, resumed if started)."""
+  """World, both reward models, π0 and the pools (each skipped if done, resumed if started).
+
+  pool_sizes defaults to PoolSizes() as bound by gin.
+  """
   from lsc_align.data import world as world_lib  # pylint: disable=g-import-not-at-top
   from lsc_align.train import reward_model_trainer, sft_trainer  # pylint: disable=g-import-not-at-top
   exp = pools.ExperimentDirs(exp_dir)
@@ -96,7 +99,7 @@ def prepare(exp_dir: str, pool_sizes: pools_stage.PoolSizes = pools_stage.PoolSi
     _check_completed(result, exp.sft)
   if not all(_stage_done(exp.pool(s)) for s in ('train', 'eval')):
     log(f'[4/4] pi0 sample pools -> {os.path.dirname(exp.pool("train"))}')
-  pools_stage.build_pools(exp_dir, pool_sizes, seed=seed)
+  pools_stage.build_pools(exp_dir, pool_sizes or pools_stage.PoolSizes(), seed=seed)
   return exp
 
 

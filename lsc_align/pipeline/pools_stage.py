@@ -109,10 +109,11 @@ def _canned_all(models: Models, data_dir: str, vocabulary: str, prompt_ids: np.n
           for prop in pools.PROPERTIES}
 
 
-def build_pools(exp_dir: str, sizes: PoolSizes = PoolSizes(), seed: int = 0,
+def build_pools(exp_dir: str, sizes: PoolSizes | None = None, seed: int = 0,
                 data_dir: str | None = None, vocabulary: str | None = None,
                 overwrite: bool = False) -> dict[str, str]:
   """Writes EXP/pools/train.npz and EXP/pools/eval.npz (skipped when present); returns paths."""
+  sizes = sizes or PoolSizes()
   exp = pools.ExperimentDirs(exp_dir)
   data_dir = data_dir or exp.data
   vocabulary = vocabulary or exp.vocabulary

@@ -20,6 +20,7 @@ import logging
 import math
 import signal
 import threading
+import time
 from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
 from flax import struct
@@ -283,26 +284,27 @@ def run_training(
   status = TrainStatus.COMPLETED
   step = start_step
   last_metrics: dict[str, float | int] = {}
-  pending: list[tuple[int, Mapping[str, Any]]] = []  # device metrics not yet checked/written
+  # (step, device metrics, wall time at dispatch end): not yet checked/written
+  pending: list[tuple[int, Mapping[str, Any], float]] = []
 
   def drain() -> None:
     # One device_get for all pending steps keeps dispatch asynchronous between log points.
     nonlocal last_metrics
-    fetched = jax.device_get([m for _, m in pending])
-    steps = [s for s, _ in pending]
+    fetched = jax.device_get([m for _, m, _ in pending])
+    stamps = [(s, t) for s, _, t in pending]
     pending.clear()
-    for s, m in zip(steps, fetched):
+    for (s, t), m in zip(stamps, fetched):
       scalars = metrics_lib.to_scalars(m)
       check_finite(s, scalars)
       if metrics_writer is not None:
-        metrics_writer.write(s, scalars)
+        metrics_writer.write(s, scalars, wall_time=t)
       last_metrics = scalars
 
   with PreemptionGuard(enabled=handle_sigterm) as preemption:
     try:
       for step in range(start_step + 1, total_steps + 1):
         state, step_metrics = train_step(state, batch_fn(step))
-        pending.append((step, step_metrics))
+        pending.append((step, step_metrics, time.time()))
         if step_callback is not None:
           step_callback(step, state, step_metrics)
         preempted = preemption.should_stop(step)

@@ -1,0 +1,120 @@
+"""The experiment pipeline on a tiny world: stages, best-of-k, optimum, PPO resume, report."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from lsc_align.eval import results as results_lib
+from lsc_align.pipeline import align, experiment
+from lsc_align.rewards import make_objective
+from lsc_align.train import best_of_k, loop, pools, sft_trainer
+
+
+@pytest.fixture
+def exp_dir(tiny_experiment, tiny_gin):  # pylint: disable=unused-argument
+  return tiny_experiment
+
+
+def test_prepare_writes_every_stage_and_is_idempotent(exp_dir):
+  exp = pools.ExperimentDirs(exp_dir)
+  for path in (exp.pool('train'), exp.pool('eval'), os.path.join(exp.sft, sft_trainer.INFO_FILE)):
+    assert os.path.exists(path), path
+  evaluation = pools.load_npz(exp.pool('eval'))
+  assert evaluation['pool_responses'].shape[:2] == (8, 8)
+  assert evaluation['pool_gold_helpful'].shape == (8, 8)
+  assert np.all(np.isfinite(evaluation['pool_reward_harmless']))
+  before = os.path.getmtime(exp.pool('eval'))
+  experiment.prepare(exp_dir, log=lambda _: None)  # every stage is done: nothing is redone
+  assert os.path.getmtime(exp.pool('eval')) == before
+
+
+def test_best_of_k_picks_the_highest_utility_and_reports_its_kl(exp_dir):
+  objective = experiment.load_objective('combined_lsc_sum_bok')
+  results = align.run_best_of_k(exp_dir, objective, ks=(1, 4, 8))
+  assert [r.k for r in results] == [1, 4, 8]
+  np.testing.assert_allclose([r.kl for r in results], [0.0, np.log(4) - 0.75, np.log(8) - 7 / 8],
+                             rtol=1e-6)
+  utilities = [r.extra['utility'] for r in results]
+  assert utilities == sorted(utilities)  # a larger k never picks a worse sample
+  arrays = pools.load_npz(pools.ExperimentDirs(exp_dir).pool('eval'))
+  u = align.pool_utilities(objective, np.stack([arrays['pool_reward_helpful'],
+                                                arrays['pool_reward_harmless']], -1),
+                           align.eval_references(objective, arrays))
+  assert utilities[-1] == pytest.approx(float(u.max(axis=1).mean()), rel=1e-6)
+  assert np.array_equal(best_of_k.select_best_of_k(u, 1), np.zeros(8, int))
+
+
+def test_optimum_kl_grows_as_gamma_shrinks(exp_dir):
+  objective = experiment.load_objective('combined_raw_sum')
+  results = align.run_optimum(exp_dir, objective, kl_coefs=(1.0, 0.1, 0.01))
+  kls = [r.kl for r in results]
+  assert kls[0] < kls[1] < kls[2] <= np.log(8) + 1e-6
+
+
+def test_weighted_variants_and_objective_files():  # no experiment needed
+  base = experiment.load_objective('combined_raw_sum')
+  variants = experiment.weighted_variants(base, [0.3, 0.7])
+  assert [v.name for v in variants] == ['combined_raw_sum_w0.3', 'combined_raw_sum_w0.7']
+  assert variants[0].weights == (0.3, 0.7)
+  assert experiment.load_objective('helpful_lsc') == make_objective(
+      'helpful_lsc', ['helpful'], 'lsc', {'helpful': ('quantile', 0.85)})
+
+
+def test_objective_file_errors_name_the_line(tmp_path):
+  bad = tmp_path / 'bad.gin'
+  bad.write_text("make_objective.name = 'x'\nmake_objective.transform = @foo()\n")
+  with pytest.raises(ValueError, match='bad.gin:2'):
+    experiment.load_objective(str(bad))
+
+
+def test_ppo_run_resumes_exactly_and_is_evaluated(exp_dir, tmp_path, monkeypatch):
+  objective = experiment.load_objective('combined_lsc_sum')
+  full = align.run_ppo(exp_dir, objective, kl_coef=0.05, run_dir=str(tmp_path / 'full'))
+  assert full.method == 'ppo' and full.gamma == 0.05
+  assert full.and_win_rate is not None and full.kl >= -1e-3
+  assert 'objective_fraction_of_optimum' in full.extra
+
+  stop_at = {'step': 2}
+  real_should_stop = loop.PreemptionGuard.should_stop
+  monkeypatch.setattr(loop.PreemptionGuard, 'should_stop',
+                      lambda self, step: step == stop_at['step'] or real_should_stop(self, step))
+  assert align.run_ppo(exp_dir, objective, kl_coef=0.05, run_dir=str(tmp_path / 'cut')) is None
+  stop_at['step'] = -1
+  resumed = align.run_ppo(exp_dir, objective, kl_coef=0.05, run_dir=str(tmp_path / 'cut'),
+                          resume=True)
+  a = json.loads((tmp_path / 'full' / align.RESULTS_FILE).read_text())
+  b = json.loads((tmp_path / 'cut' / align.RESULTS_FILE).read_text())
+  for key in ('kl', 'win_rate', 'and_win_rate', 'gold_reward', 'proxy_reward', 'utility'):
+    assert a[key] == b[key], key
+  assert resumed.run == 'cut'
+  samples = (tmp_path / 'full' / align.SAMPLES_FILE).read_text().splitlines()
+  assert len(samples) == 8 and 'response' in json.loads(samples[0])
+
+
+def test_sweep_skips_finished_runs_and_report_reads_them(exp_dir):
+  done = experiment.run_sweep(exp_dir, bok_objectives=['combined_lsc_sum_bok'], ks=[1, 2],
+                              ppo_objectives=['combined_raw_sum'], kl_coefs=[0.3],
+                              optimum_objectives=[], helpful_weights=[], log=lambda _: None)
+  assert len(done) == 2
+  mtimes = [os.path.getmtime(os.path.join(d, f)) for d in done for f in os.listdir(d)
+            if f.startswith('eval_results')]
+  experiment.run_sweep(exp_dir, bok_objectives=['combined_lsc_sum_bok'], ks=[1, 2],
+                       ppo_objectives=['combined_raw_sum'], kl_coefs=[0.3],
+                       optimum_objectives=[], helpful_weights=[], log=lambda _: None)
+  assert mtimes == [os.path.getmtime(os.path.join(d, f)) for d in done for f in os.listdir(d)
+                    if f.startswith('eval_results')]
+  results = results_lib.load_run_results(os.path.join(exp_dir, 'runs'))
+  assert {r.method for r in results} >= {'bok', 'ppo'}
+  with pytest.raises(ValueError, match="no entry for PPO objective 'combined_raw_sum'"):
+    experiment.run_sweep(exp_dir, ppo_objectives=['combined_raw_sum'], bok_objectives=[],
+                         optimum_objectives=[], kl_coefs={'other': [0.1]}, log=lambda _: None)
+
+
+def test_ppo_refuses_a_response_length_other_than_the_pools(exp_dir, tmp_path):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from lsc_align.train import ppo_step  # pylint: disable=g-import-not-at-top
+  hp = dataclasses.replace(ppo_step.PPOHyperparams(), max_response_length=10)
+  with pytest.raises(ValueError, match='PPOHyperparams.max_response_length = 10'):
+    align.run_ppo(exp_dir, experiment.load_objective('helpful_lsc'), kl_coef=0.1, hp=hp,
+                  steps=1, run_dir=str(tmp_path / 'short'))
