@@ -219,8 +219,9 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
                        table_refs=table, batch_size=batch_size, seed=seed, mesh=mesh)
   # Replicated on the mesh (the batch is what is split over 'data'); a restored checkpoint
   # takes the template's placement, so a resumed run lives on the same devices.
-  state = jax.device_put(ppo.init_state(models.policy_params, hp, seed),
-                         partitioning.replicated(mesh))
+  # (Built under jit: device_put cannot target non-addressable devices on a multi-host mesh.)
+  state = jax.jit(lambda p: ppo.init_state(p, hp, seed),
+                  out_shardings=partitioning.replicated(mesh))(models.policy_params)
   vocab = None
 
   def train_step(state_, batch):

@@ -58,7 +58,11 @@ class PPOSetup:
     self.schedule = EpochBatchSchedule(n, self.batch_size, self.seed)
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    idx = self.schedule.batch_indices(step)
+    """This process's rows of step ``step``'s prompt batch (all of it with one process).
+
+    `ppo_iteration` assembles the global batch from every process's rows (shard_batch).
+    """
+    idx = self.schedule.batch_indices(step, jax.process_index(), jax.process_count())
     return {'prompt_ids': self.prompt_ids[idx], 'table_refs': self.table_refs[idx].astype(
         np.float32), 'prompt_index': idx.astype(np.int32)}
 
@@ -74,6 +78,9 @@ def init_state(params: Any, hp: PPOHyperparams, seed: int) -> PPOState:
 
 def _place(setup: PPOSetup, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
   if setup.mesh is None:
+    if jax.process_count() > 1:  # each process holds only its rows (PPOSetup.batch)
+      raise ValueError('PPOSetup.mesh is None but there are several processes; give a mesh over '
+                       'all devices so the processes\' rows form one global batch')
     return {k: jnp.asarray(v) for k, v in batch.items()}
   return partitioning.shard_batch(batch, setup.mesh)
 
