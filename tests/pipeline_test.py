@@ -72,7 +72,9 @@ def test_ppo_run_resumes_exactly_and_is_evaluated(exp_dir, tmp_path, monkeypatch
   objective = experiment.load_objective('combined_lsc_sum')
   full = align.run_ppo(exp_dir, objective, kl_coef=0.05, run_dir=str(tmp_path / 'full'))
   assert full.method == 'ppo' and full.gamma == 0.05
-  assert full.and_win_rate is not None and full.kl >= -1e-3
+  # KL is a sample estimate (mean of Σ_t log π − log π0 over 2 samples per prompt): finite,
+  # not necessarily ≥ 0 after 4 small updates.
+  assert full.and_win_rate is not None and np.isfinite(full.kl)
   assert 'objective_fraction_of_optimum' in full.extra
 
   stop_at = {'step': 2}
