@@ -239,6 +239,9 @@ def train_reward_model(
   if config.encoder.vocab_size < num_ids:
     raise ValueError(f'T5EncoderConfig.vocab_size = {config.encoder.vocab_size} is smaller than '
                      f'the vocabulary {vocabulary} ({num_ids} ids)')
+  mesh = partitioning.create_mesh(tuple(mesh_shape))
+  trainer_utils.check_batch_sizes(mesh, 'train_reward_model', batch_size=batch_size,
+                                  eval_batch_size=eval_batch_size)
   os.makedirs(run_dir, exist_ok=True)
   cache_dir = cache_dir or os.path.join(run_dir, 'arrays')
   lengths = {'prompt_length': prompt_length, 'response_length': response_length}
@@ -254,7 +257,6 @@ def train_reward_model(
   truncation = {f'{split}_{name}_full_rows': data_arrays.full_rows(ids)
                 for split, arrays in raw.items() for name, ids in arrays.items()}
 
-  mesh = partitioning.create_mesh(tuple(mesh_shape))
   net = reward_model.RewardModel(config)
   tx, lr = trainer_utils.make_optimizer(learning_rate, warmup_steps=warmup_steps,
                                         total_steps=steps, weight_decay=weight_decay,

@@ -210,6 +210,9 @@ def train_sft(
     raise ValueError(f'train_sft.prompt_length + response_length = '
                      f'{prompt_length + response_length} exceeds PolicyConfig.max_len = '
                      f'{config.max_len}')
+  mesh = partitioning.create_mesh(tuple(mesh_shape))
+  trainer_utils.check_batch_sizes(mesh, 'train_sft', batch_size=batch_size,
+                                  eval_batch_size=eval_batch_size)
   os.makedirs(run_dir, exist_ok=True)
   cache_dir = cache_dir or os.path.join(run_dir, 'arrays')
   lengths = {'prompt_length': prompt_length, 'response_length': response_length}
@@ -222,7 +225,6 @@ def train_sft(
   truncation = {f'{split}_{name}_full_rows': data_arrays.full_rows(ids)
                 for split, arrays in data.items() for name, ids in arrays.items()}
 
-  mesh = partitioning.create_mesh(tuple(mesh_shape))
   tx, lr = trainer_utils.make_optimizer(learning_rate, warmup_steps=warmup_steps,
                                         total_steps=steps, weight_decay=weight_decay,
                                         schedule=schedule, grad_clip_norm=grad_clip_norm)

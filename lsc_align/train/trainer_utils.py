@@ -6,6 +6,7 @@
   by the logical-axis rules, optimizer moments like their params, scalars replicated).
 * ``batched_apply``: a jitted per-row function over all rows of in-memory arrays, padded to
   whole batches on the mesh.
+* ``check_batch_sizes``: batch settings that split over the mesh's data axis, checked up front.
 * ``wilson_interval``: 95% score interval of a proportion (pairwise accuracy).
 * ``save_params`` / ``load_params``: one msgpack file of numpy arrays, written atomically.
 """
@@ -100,6 +101,19 @@ def init_sharded_state(init_params: Callable[[jax.Array], Any], boxed_params: An
 def place_params(params: Any, shardings: Any) -> Any:
   """Host (numpy) params onto the mesh in the given shardings."""
   return jax.device_put(jax.tree.map(np.asarray, nn.unbox(params)), shardings)
+
+
+def check_batch_sizes(mesh: Mesh, function: str, **batch_sizes: int) -> None:
+  """ValueError naming `function.<name>` unless each size is a positive multiple of 'data'.
+
+  Trainers call it before any work: an eval batch that does not split over the devices would
+  otherwise fail only at the first validation, after the training steps before it.
+  """
+  data = mesh.shape[partitioning.DATA_AXIS]
+  for name, size in batch_sizes.items():
+    if size < 1 or size % data:
+      raise ValueError(f'{function}.{name} = {size} must be a positive multiple of the mesh\'s '
+                       f'data axis ({data} devices)')
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

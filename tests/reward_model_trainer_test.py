@@ -1,0 +1,219 @@
+"""Tests for lsc_align.train.reward_model_trainer on the tiny world and a slice of real HH.
+
+Every run uses a 1-layer T5 of width 16 on the 8 fake CPU devices of conftest.py (mesh 8 x 1),
+so the trainer's sharded path is the one exercised.
+"""
+import json
+import os
+import pathlib
+import signal
+from typing import Any
+
+import gin
+import jax
+from jax.experimental.compilation_cache import compilation_cache
+import numpy as np
+import pytest
+
+from lsc_align import gin_utils
+from lsc_align.data import world
+from lsc_align.models import reward_model
+from lsc_align.models import t5_encoder
+from lsc_align.train import data_arrays
+from lsc_align.train import loop
+from lsc_align.train import reward_model_trainer as rmt
+from lsc_align.train import trainer_utils
+
+STEPS = 6
+STOP_AT = 3
+# The run file with tiny sizes: the same gin path as `lsc-align train-rm --gin_file runs/...`.
+TINY_BINDINGS = (
+    'T5EncoderConfig.emb_dim = 16', 'T5EncoderConfig.num_heads = 2',
+    'T5EncoderConfig.head_dim = 8', 'T5EncoderConfig.mlp_dim = 32',
+    'T5EncoderConfig.num_layers = 1', 'T5EncoderConfig.dropout_rate = 0.1',
+    f'train_reward_model.steps = {STEPS}', 'train_reward_model.batch_size = 16',
+    'train_reward_model.warmup_steps = 2', 'train_reward_model.learning_rate = 1e-3',
+    'train_reward_model.eval_every = 4', 'train_reward_model.eval_batch_size = 16',
+    'train_reward_model.log_every = 2', 'train_reward_model.checkpoint_every = 2')
+
+
+def tiny_model(vocab_size: int = 384) -> reward_model.RewardModelConfig:
+  return reward_model.RewardModelConfig(encoder=t5_encoder.T5EncoderConfig(
+      vocab_size=vocab_size, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32, num_layers=1))
+
+
+@pytest.fixture(scope='module', autouse=True)
+def reuse_compiled_programs(tmp_path_factory):
+  """A persistent compilation cache for this module only.
+
+  Every train_reward_model call jits fresh closures, so without it each run recompiles the
+  same three programs (about 2 s each here); with it the later runs load them. Restored after.
+  """
+  names = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
+  previous = {name: getattr(jax.config, name) for name in names}
+  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('xla_cache')))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  compilation_cache.reset_cache()
+  yield
+  for name, value in previous.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope='module')
+def arrays(tmp_path_factory) -> pathlib.Path:
+  """One tokenised-array cache for the module's runs, so each data set is tokenised once."""
+  return tmp_path_factory.mktemp('arrays')
+
+
+@pytest.fixture(scope='module')
+def tiny_world(tmp_path_factory) -> pathlib.Path:
+  out = tmp_path_factory.mktemp('world_tiny')
+  try:
+    gin_utils.parse(['world/tiny.gin'], finalize=False)
+    world.build_world(str(out))
+  finally:
+    gin.clear_config()
+  return out
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def run_from_run_file(run_dir: pathlib.Path, data_dir: pathlib.Path,
+                      vocabulary: pathlib.Path | None = None, **kwargs: Any) -> loop.TrainResult:
+  """train_reward_model as configured by runs/world_rm.gin with TINY_BINDINGS."""
+  vocabulary = vocabulary or data_dir / 'vocab.txt'
+  gin_utils.parse(['runs/world_rm.gin'], [
+      f"train_reward_model.data_dir = '{data_dir}'",
+      f"train_reward_model.vocabulary = '{vocabulary}'",
+      *TINY_BINDINGS])
+  try:
+    return rmt.train_reward_model(str(run_dir), **kwargs)
+  finally:
+    gin.clear_config()
+
+
+def preempt_at(monkeypatch, step: int) -> None:
+  """The trainer's next run_training gets a real SIGTERM right after update `step`."""
+  original = loop.run_training
+
+  def wrapped(*args, step_callback=None, **kwargs):
+    def callback(s, state, metrics):
+      step_callback(s, state, metrics)
+      if s == step:
+        os.kill(os.getpid(), signal.SIGTERM)  # handled by loop.PreemptionGuard
+    return original(*args, step_callback=callback, **kwargs)
+
+  monkeypatch.setattr(loop, 'run_training', wrapped)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tiny_world, arrays, tmp_path_factory) -> pathlib.Path:
+  run_dir = tmp_path_factory.mktemp('rm_full')
+  result = run_from_run_file(run_dir, tiny_world, cache_dir=str(arrays))
+  assert result.exit_code == 0 and result.step == STEPS
+  return run_dir
+
+
+def test_run_directory_files_and_eval(uninterrupted):
+  for name in ('eval.json', 'rm_final.msgpack', 'reward_model.json', 'config.gin',
+               'metrics.jsonl'):
+    assert (uninterrupted / name).is_file(), name
+  summary = json.loads((uninterrupted / 'eval.json').read_text())
+  assert summary['step'] == STEPS and summary['split'] == 'test'
+  assert summary['pairs'] == 40 and summary['train_pairs'] == 120
+  assert 0.0 <= summary['accuracy'] <= 1.0
+  low, high = summary['accuracy_ci95']
+  assert 0.0 <= low <= summary['accuracy'] <= high <= 1.0
+  assert 0.0 <= summary['gold_label_agreement'] <= 1.0  # a world: gold comparison present
+  assert summary['resumed_from_step'] == 0
+  config = (uninterrupted / 'config.gin').read_text()
+  assert f'train_reward_model.steps = {STEPS}' in config and 'emb_dim = 16' in config
+  rows = [json.loads(line) for line in (uninterrupted / 'metrics.jsonl').read_text().splitlines()]
+  assert sorted(r['step'] for r in rows if 'loss' in r) == list(range(1, STEPS + 1))
+  assert sorted(r['step'] for r in rows if 'eval/accuracy' in r) == [4, STEPS]
+
+
+def test_load_reward_model_round_trips(uninterrupted, tiny_world, arrays):
+  config, params = rmt.load_reward_model(uninterrupted)
+  assert config == reward_model.RewardModelConfig(encoder=t5_encoder.T5EncoderConfig(
+      vocab_size=384, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32, num_layers=1,
+      dropout_rate=0.1))
+  info = rmt.reward_model_info(uninterrupted)
+  assert info['property'] == 'helpful' and info['step'] == STEPS
+  # The loaded model reproduces the validation accuracy written at the end of training.
+  lengths = {'prompt_length': info['prompt_length'], 'response_length': info['response_length']}
+  raw = data_arrays.pair_arrays(tiny_world, info['vocabulary'], 'helpful', 'test',
+                                cache_dir=arrays, **lengths)
+  pairs = rmt.pack_pairs(raw, info['max_length'], info['response_length'])
+  rewards = jax.jit(rmt.make_pair_reward_fn(reward_model.RewardModel(config)))(params, pairs)
+  metrics = rmt.pair_metrics(np.asarray(rewards['chosen']), np.asarray(rewards['rejected']))
+  summary = json.loads((uninterrupted / 'eval.json').read_text())
+  assert metrics['accuracy'] == summary['accuracy']
+  np.testing.assert_allclose(metrics['loss'], summary['loss'], rtol=1e-5)
+
+
+def test_preempted_then_resumed_equals_uninterrupted(uninterrupted, tiny_world, arrays, tmp_path,
+                                                    monkeypatch):
+  # Same `steps` (so the same LR schedule) in both runs; only the stop differs: a real SIGTERM
+  # after update STOP_AT, saved by loop.PreemptionGuard. Dropout is on, so the dropout keys
+  # and the data order must both resume exactly. (tests/sft_trainer_test.py covers a crash.)
+  preempt_at(monkeypatch, STOP_AT)
+  first = run_from_run_file(tmp_path, tiny_world, cache_dir=str(arrays))
+  assert first.exit_code == loop.EXIT_CODE_PREEMPTED and first.step == STOP_AT
+  assert not (tmp_path / 'rm_final.msgpack').exists()
+  monkeypatch.undo()
+  resumed = run_from_run_file(tmp_path, tiny_world, cache_dir=str(arrays), resume=True)
+  assert resumed.exit_code == 0 and resumed.start_step == STOP_AT
+  expected = trainer_utils.load_params(uninterrupted / 'rm_final.msgpack')
+  got = trainer_utils.load_params(tmp_path / 'rm_final.msgpack')
+  jax.tree.map(np.testing.assert_array_equal, got, expected)
+  full = json.loads((uninterrupted / 'eval.json').read_text())
+  again = json.loads((tmp_path / 'eval.json').read_text())
+  assert again['accuracy'] == full['accuracy'] and again['resumed_from_step'] == STOP_AT
+  rows = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert sorted(r['step'] for r in rows if 'loss' in r) == list(range(1, STEPS + 1))
+
+
+def test_bad_settings_name_the_binding(tiny_world, tmp_path):
+  common = {'data_dir': str(tiny_world), 'vocabulary': str(tiny_world / 'vocab.txt')}
+  with pytest.raises(ValueError, match=r"property_name 'helpfull' must be one of"):
+    rmt.train_reward_model(str(tmp_path / 'a'), property_name='helpfull', model=tiny_model(),
+                           **common)
+  with pytest.raises(ValueError, match=r'T5EncoderConfig.vocab_size = 100 is smaller than'):
+    rmt.train_reward_model(str(tmp_path / 'b'), model=tiny_model(vocab_size=100), **common)
+  with pytest.raises(ValueError, match=r'train_reward_model.eval_batch_size = 20 must be a '
+                                       r"positive multiple of the mesh's data axis \(8 devices\)"):
+    rmt.train_reward_model(str(tmp_path / 'e'), model=tiny_model(), eval_batch_size=20,
+                           **common)  # not only at the first validation, after training
+  with pytest.raises(ValueError, match='no such file'):
+    rmt.train_reward_model(str(tmp_path / 'c'), data_dir=str(tiny_world),
+                           vocabulary=str(tiny_world / 'missing.txt'), model=tiny_model())
+  # Through gin, as the CLI: the run file without its required bindings, a misspelt parameter.
+  gin_utils.parse(['runs/world_rm.gin'])
+  with pytest.raises(RuntimeError, match=r"train_reward_model.*\['data_dir', 'vocabulary'\]"):
+    rmt.train_reward_model(str(tmp_path / 'd'))
+  with pytest.raises(gin_utils.GinConfigError, match='train_reward_model.stepz'):
+    gin_utils.parse(['runs/world_rm.gin'], ['train_reward_model.stepz = 3'])
+  assert not any((tmp_path / name).exists() for name in 'abcde')  # failed before writing
+
+
+def test_hh_slice_with_a_tiny_sentencepiece_vocabulary(shared_data, tmp_path):
+  from lsc_align.data import vocab  # pylint: disable=g-import-not-at-top  (imports seqio/TF)
+  hh_dir = shared_data / 'hh-rlhf'
+  texts = vocab.training_texts(hh_dir, split='train')[:600]  # plumbing, not quality
+  vocab.train_sentencepiece(texts, str(tmp_path / 'spm'), 300)
+  # The world run's sizes (vocab_size 384 >= 300), so its compiled programs are reused.
+  result = run_from_run_file(tmp_path / 'run', hh_dir, tmp_path / 'spm.model',
+                             property_name='harmless', max_train_pairs=64)
+  assert result.exit_code == 0
+  summary = json.loads((tmp_path / 'run' / 'eval.json').read_text())
+  assert summary['split'] == 'validation' and summary['train_pairs'] == 64
+  assert summary['pairs'] > 400 and 0.0 <= summary['accuracy'] <= 1.0
+  assert 'gold_label_agreement' not in summary  # real data: no gold
+  assert rmt.reward_model_info(tmp_path / 'run')['vocabulary'] == str(tmp_path / 'spm.model')
