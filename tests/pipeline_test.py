@@ -90,6 +90,9 @@ def test_ppo_run_resumes_exactly_and_is_evaluated(exp_dir, tmp_path, monkeypatch
   for key in ('kl', 'win_rate', 'and_win_rate', 'gold_reward', 'proxy_reward', 'utility'):
     assert a[key] == b[key], key
   assert resumed.run == 'cut'
+  again = align.evaluate_run(str(tmp_path / 'full'))  # from the final checkpoint, no gin needed
+  for key in ('kl', 'win_rate', 'and_win_rate'):
+    assert getattr(again, key) == getattr(full, key), key
   samples = (tmp_path / 'full' / align.SAMPLES_FILE).read_text().splitlines()
   assert len(samples) == 8 and 'response' in json.loads(samples[0])
 

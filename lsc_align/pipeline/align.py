@@ -246,7 +246,8 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
           'step': step, 'prompt': vocab.decode([int(t) for t in p if t > 1]),
           'response': vocab.decode([int(t) for t in r if t > 1])})
 
-  info = {'objective': objective.to_dict(), 'kl_coef': gamma, 'alpha': ppo_math.alpha_from_kl_coef(
+  info = {'exp_dir': os.path.abspath(exp_dir), 'objective': objective.to_dict(), 'kl_coef': gamma,
+          'alpha': ppo_math.alpha_from_kl_coef(
       gamma), 'seed': seed, 'steps': steps, 'batch_size': batch_size, 'hp': dataclasses.asdict(hp)}
   io_utils.atomic_write_json(os.path.join(run_dir, 'run.json'), info)
   try:
@@ -310,3 +311,41 @@ def evaluate_ppo(exp: pools.ExperimentDirs, objective: Objective, gamma: float, 
       seed=seed, gamma=gamma, policy_judge=_judged(judged, '')['judge'],
       sft_judge=_sft_judge(arrays), kl_per_prompt=kl, shortcut_flags=_judged(judged, '')['flags'],
       proxy_rewards=pools_stage.sample_rewards(scored, ''), extra=extra)
+
+
+def objective_from_dict(d: dict[str, Any]) -> Objective:
+  """Inverse of Objective.to_dict (as stored in a run's run.json)."""
+  from lsc_align.rewards.objectives import ReferenceSpec  # pylint: disable=g-import-not-at-top
+  return Objective(name=d['name'], properties=tuple(d['properties']), transform=d['transform'],
+                   weights=tuple(d['weights']),
+                   references=tuple(ReferenceSpec(**r) for r in d['references']))
+
+
+def evaluate_run(run_dir: str, step: int | None = None) -> results_lib.RunResult:
+  """Re-evaluates a PPO run directory from its checkpoint (default: the latest); writes results.
+
+  The run's own run.json gives the experiment, objective, γ, seed and PPO settings, so this
+  needs no gin; evaluation settings (PPOEval) come from gin when bound.
+  """
+  info_path = os.path.join(run_dir, 'run.json')
+  if not os.path.exists(info_path):
+    raise FileNotFoundError(f'{info_path} not found: only PPO run directories are evaluated '
+                            'from checkpoints (best-of-k and optimum runs are evaluated when made)')
+  with open(info_path, encoding='utf-8') as f:
+    info = json.load(f)
+  exp = pools.ExperimentDirs(info['exp_dir'])
+  objective = objective_from_dict(info['objective'])
+  hp = ppo_step.PPOHyperparams(**info['hp'])
+  models = pools_stage.load_models(exp)
+  template = ppo.init_state(models.policy_params, hp, info['seed'])
+  with checkpointing.TrainCheckpointer(os.path.join(run_dir, 'checkpoints')) as checkpointer:
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'{run_dir}/checkpoints holds no checkpoint')
+    state, _ = checkpointer.restore(template, step)
+  result = evaluate_ppo(exp, objective, float(info['kl_coef']), int(info['seed']),
+                        state.policy.params, models, hp, PPOEval(),
+                        run=os.path.basename(run_dir.rstrip('/')), train_seconds=0.0,
+                        last_metrics={'checkpoint_step': step})
+  _write_results(run_dir, [result])
+  return result

@@ -121,3 +121,11 @@ def ppo_main(args: argparse.Namespace) -> int:
                     'objective_fraction_of_optimum':
                         result.extra.get('objective_fraction_of_optimum')}))
   return 0
+
+
+def eval_main(args: argparse.Namespace) -> int:
+  """`lsc-align eval --run_dir RUN_DIR [--step N]`: a PPO run, judged from its checkpoint."""
+  result = align.evaluate_run(args.run_dir, args.step)
+  print(json.dumps({'run': result.run, 'kl': result.kl, 'win_rate': result.win_rate,
+                    'and_win_rate': result.and_win_rate, 'shortcut_rate': result.shortcut_rate}))
+  return 0
