@@ -1,21 +1,31 @@
 """Small file helpers: atomic writes (temporary name, then rename) and JSONL."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-  """Writes text so a reader sees either the old file or the whole new one, never a part."""
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+  """Writes bytes so a reader sees either the old file or the whole new one, never a part.
+
+  Local paths: a temporary file in the same directory, fsync, rename. Object stores (gs://, ...)
+  publish an object whole, so those are written directly through etils.epath.
+  """
   path = os.fspath(path)
+  if '://' in path:
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    epath.Path(path).write_bytes(data)
+    return
   directory = os.path.dirname(path) or '.'
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
   try:
-    with os.fdopen(fd, 'w', encoding='utf-8') as f:
-      f.write(text)
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -23,6 +33,19 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+  """atomic_write_bytes of UTF-8 text."""
+  atomic_write_bytes(path, text.encode('utf-8'))
+
+
+def atomic_save_npz(path: str | os.PathLike[str], arrays: Mapping[str, Any]) -> None:
+  """np.savez to `path`, atomically (the archive is built in memory first)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  atomic_write_bytes(path, buffer.getvalue())
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import tempfile
 from typing import Any, Mapping
 
 import jax
@@ -26,6 +25,7 @@ from flax import linen as nn
 from flax import serialization
 from flax import traverse_util
 
+from lsc_align import io_utils
 from lsc_align.models import t5_encoder
 
 LEGACY_VERSION = 3
@@ -58,27 +58,6 @@ def _read_bytes(path: str) -> bytes:
     return epath.Path(path).read_bytes()
   with open(path, 'rb') as f:
     return f.read()
-
-
-def _write_bytes_atomic(path: str, data: bytes) -> None:
-  """Readers see the old file or the whole new one (temporary file, fsync, rename)."""
-  if '://' in path:  # object stores publish a write whole
-    from etils import epath  # pylint: disable=g-import-not-at-top
-    epath.Path(path).write_bytes(data)
-    return
-  directory = os.path.dirname(path) or '.'
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -214,5 +193,5 @@ def export_checkpoint(path: str | os.PathLike[str], params: Mapping[str, Any], *
   state['optimizer']['target'] = traverse_util.unflatten_dict(target, sep='/')
   if step is not None:
     state['optimizer'].setdefault('state', {})['step'] = np.asarray(step, np.int32)
-  _write_bytes_atomic(os.fspath(path), serialization.msgpack_serialize(state))
+  io_utils.atomic_write_bytes(os.fspath(path), serialization.msgpack_serialize(state))
   return sorted(host)

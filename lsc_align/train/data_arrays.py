@@ -17,12 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from typing import Any, Mapping
 
 from absl import logging
 import numpy as np
 
+from lsc_align import io_utils
 from lsc_align.data import hh
 
 CACHE_FORMAT_VERSION = 1
@@ -109,22 +109,6 @@ def cache_key(data_dir: str | os.PathLike[str], vocabulary_path: str | os.PathLi
   return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
-def _atomic_save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-  directory = os.path.dirname(path) or '.'
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      np.savez(f, **arrays)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
 def _tokenize(data_dir: str, vocabulary_path: str, kind: str, split: str,
               feature_lengths: Mapping[str, int],
               validation_fraction: float) -> dict[str, np.ndarray]:
@@ -174,7 +158,7 @@ def task_arrays(data_dir: str | os.PathLike[str], vocabulary_path: str | os.Path
   if not arrays or len(next(iter(arrays.values()))) == 0:
     raise ValueError(f'{data_dir}: task {kind!r} split {split!r} has no examples')
   if path is not None:
-    _atomic_save_npz(path, arrays)
+    io_utils.atomic_save_npz(path, arrays)
     logging.info('cached %s %s arrays in %s', kind, split, path)
   return arrays
 

@@ -60,10 +60,7 @@ class ExperimentDirs:
 
 def save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
   """Atomic .npz write (temporary name, then rename)."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f'{path}.tmp.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  io_utils.atomic_save_npz(path, arrays)
 
 
 def load_npz(path: str) -> dict[str, np.ndarray]:

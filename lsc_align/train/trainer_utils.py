@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import Any, Callable, Mapping
 
 from flax import linen as nn
@@ -25,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding
 import numpy as np
 import optax
 
+from lsc_align import io_utils
 from lsc_align import partitioning
 from lsc_align.train import loop
 
@@ -156,27 +156,9 @@ def to_host(tree: Any) -> Any:
   return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-  """Writes bytes so a reader sees the old file or the whole new one."""
-  path = os.fspath(path)
-  directory = os.path.dirname(path) or '.'
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
 def save_params(path: str | os.PathLike[str], params: Any) -> None:
   """Params (a nested dict of arrays) as one msgpack file (flax.serialization)."""
-  atomic_write_bytes(path, serialization.msgpack_serialize(to_host(nn.unbox(params))))
+  io_utils.atomic_write_bytes(path, serialization.msgpack_serialize(to_host(nn.unbox(params))))
 
 
 def load_params(path: str | os.PathLike[str]) -> dict[str, Any]:
