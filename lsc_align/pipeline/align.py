@@ -289,7 +289,7 @@ def evaluate_ppo(exp: pools.ExperimentDirs, objective: Objective, gamma: float, 
   judged = pools_stage.judge_pool(pools_stage.load_judge(exp.data), prompts, responses)
   scored = {f'reward_{p}': references.score_pool(models.reward_fn(p), prompts, responses,
                                                  evaluation.batch_size)
-            for p in objective.properties}
+            for p in pools.PROPERTIES}  # every property: proxy curves for any objective
   refs = eval_references(objective, arrays)
   u = pool_utilities(objective, _rewards(scored, '', objective), refs)
   u_pool = pool_utilities(objective, _rewards(arrays, 'pool_', objective), refs)
@@ -300,17 +300,17 @@ def evaluate_ppo(exp: pools.ExperimentDirs, objective: Objective, gamma: float, 
     fraction = optimum.objective_fraction(reached, best, baseline)
   except ValueError:
     fraction = None
-  judged = {**judged, **scored}
+  judged = _judged({**judged, **scored}, '')
   extra = {'utility': float(u.mean()), 'objective_value': reached,
            'optimum_objective_value': best, 'pi0_objective_value': baseline,
            'objective_fraction_of_optimum': fraction, 'train_seconds': round(train_seconds, 1),
            'alpha': ppo_math.alpha_from_kl_coef(gamma),
-           'final_train_metrics': {k: v for k, v in last_metrics.items()}}
+           'final_train_metrics': dict(last_metrics)}
   return evaluate_lib.evaluate(
       run=run, method='ppo', objective=objective.name, transform=objective.transform.value,
-      seed=seed, gamma=gamma, policy_judge=_judged(judged, '')['judge'],
-      sft_judge=_sft_judge(arrays), kl_per_prompt=kl, shortcut_flags=_judged(judged, '')['flags'],
-      proxy_rewards=pools_stage.sample_rewards(scored, ''), extra=extra)
+      seed=seed, gamma=gamma, policy_judge=judged['judge'], sft_judge=_sft_judge(arrays),
+      kl_per_prompt=kl, shortcut_flags=judged['flags'], proxy_rewards=judged['proxy'],
+      extra=extra)
 
 
 def objective_from_dict(d: dict[str, Any]) -> Objective:

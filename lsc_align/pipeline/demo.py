@@ -27,15 +27,16 @@ from lsc_align.pipeline import experiment
 
 
 def headline(results: Sequence[results_lib.RunResult]) -> list[str]:
-  """One line per (method, objective): its best AND / helpful / harmless win rates and KL."""
+  """One line per (method, objective): the run with the best win rate on the objective's own
+  property (AND for combined objectives), with its KL and all win rates."""
   lines = []
   groups: dict[tuple[str, str], list[results_lib.RunResult]] = {}
   for r in results:
     groups.setdefault((r.method, r.objective), []).append(r)
   for (method, objective), runs in sorted(groups.items()):
-    key = (lambda r: r.and_win_rate if r.and_win_rate is not None
-           else max(r.win_rate.values()))
-    best = max(runs, key=key)
+    prop = results_lib.objective_property(objective)  # what the objective is judged on
+    best = max(runs, key=lambda r: (r.and_win_rate or 0.0) if prop not in r.win_rate
+               else r.win_rate[prop])
     rates = ', '.join(f'{k} {v:.3f}' for k, v in sorted(best.win_rate.items()))
     and_rate = '' if best.and_win_rate is None else f'AND {best.and_win_rate:.3f}, '
     lines.append(f'{method:8s} {objective:28s} best at {best.label:8s} (KL {best.kl:5.2f}): '
