@@ -68,8 +68,9 @@ def pool_utilities(objective: Objective, rewards_PxNxK: np.ndarray,
 def _judged(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
   """Gold scores, shortcut flags and proxy rewards of a judged pool, keyed for `evaluate`."""
   if f'{prefix}gold_helpful' not in arrays:
-    raise ValueError('evaluation needs a gold judge: the pools were built without a world '
-                     '(HH text has no gold utilities; train a judge reward model instead)')
+    raise ValueError('evaluation needs a judge: the pools were built without the world\'s gold '
+                     'utilities or judge reward models (EXP/judge_<property>; prepare trains '
+                     'them for data without gold)')
   return {
       'judge': {p: arrays[f'{prefix}gold_{p}'] for p in pools.PROPERTIES},
       'flags': {'list': arrays[f'{prefix}flag_list'],
@@ -286,7 +287,7 @@ def evaluate_ppo(exp: pools.ExperimentDirs, objective: Objective, gamma: float, 
                                   hp.temperature, evaluation.batch_size)
   kl = _kl_per_prompt(params, models.policy_params, models.policy_config, prompts, responses,
                       hp.temperature, evaluation.batch_size)
-  judged = pools_stage.judge_pool(pools_stage.load_judge(exp.data), prompts, responses)
+  judged = pools_stage.judge_pool(pools_stage.load_judge(exp), prompts, responses)
   scored = {f'reward_{p}': references.score_pool(models.reward_fn(p), prompts, responses,
                                                  evaluation.batch_size)
             for p in pools.PROPERTIES}  # every property: proxy curves for any objective

@@ -71,26 +71,47 @@ def _resume_flag(run_dir: str) -> bool:
 
 @gin.configurable
 def prepare(exp_dir: str, pool_sizes: pools_stage.PoolSizes | None = None,
-            seed: int = 0, log: Any = print) -> pools.ExperimentDirs:
-  """World, both reward models, π0 and the pools (each skipped if done, resumed if started).
+            seed: int = 0, data_dir: str | None = None, vocabulary: str | None = None,
+            judge_model: Any = None, log: Any = print) -> pools.ExperimentDirs:
+  """Data, both reward models, π0 and the pools (each skipped if done, resumed if started).
 
-  pool_sizes defaults to PoolSizes() as bound by gin.
+  Args:
+    exp_dir: the experiment directory.
+    pool_sizes: default PoolSizes() as bound by gin.
+    seed: of every stage.
+    data_dir, vocabulary: an HH-layout data source (e.g. Anthropic HH) and its vocabulary,
+      instead of the embedded world. Such data has no gold utilities, so a judge reward model
+      per property is trained too (EXP/judge_<property>, another seed, `judge_model`'s sizes:
+      bind e.g. `prepare.judge_model = @judge/RewardModelConfig()` for a larger judge).
+    judge_model: RewardModelConfig of the judges; default that of the proxy reward models.
+    log: progress lines.
   """
   from lsc_align.data import world as world_lib  # pylint: disable=g-import-not-at-top
   from lsc_align.train import reward_model_trainer, sft_trainer  # pylint: disable=g-import-not-at-top
   exp = pools.ExperimentDirs(exp_dir)
   os.makedirs(exp_dir, exist_ok=True)
-  if not _stage_done(os.path.join(exp.data, 'world.json')):
+  if (data_dir is None) != (vocabulary is None):
+    raise ValueError('prepare: give both data_dir and vocabulary (or neither, for the world)')
+  if data_dir is not None:
+    exp.set_source(data_dir, vocabulary)
+  elif not _stage_done(os.path.join(exp.data, 'world.json')):
     log(f'[1/4] world -> {exp.data}')
     world_lib.build_world(exp.data)
+
+  def train_rm(run_dir: str, prop: str, **kwargs: Any) -> None:
+    if _stage_done(os.path.join(run_dir, reward_model_trainer.PARAMS_FILE)):
+      return
+    log(f'[2/4] reward model {prop} -> {run_dir}')
+    _check_completed(reward_model_trainer.train_reward_model(
+        run_dir=run_dir, data_dir=exp.data, vocabulary=exp.vocabulary, property_name=prop,
+        resume=_resume_flag(run_dir), **kwargs), run_dir)
+
   for prop in pools.PROPERTIES:
-    run_dir = exp.reward_model(prop)
-    if not _stage_done(os.path.join(run_dir, reward_model_trainer.PARAMS_FILE)):
-      log(f'[2/4] reward model {prop} -> {run_dir}')
-      result = reward_model_trainer.train_reward_model(
-          run_dir=run_dir, data_dir=exp.data, vocabulary=exp.vocabulary, property_name=prop,
-          seed=seed, resume=_resume_flag(run_dir))
-      _check_completed(result, run_dir)
+    train_rm(exp.reward_model(prop), prop, seed=seed)
+  if not exp.is_world:  # no gold: a separately trained judge
+    for prop in pools.PROPERTIES:
+      train_rm(exp.judge_model(prop), prop, seed=seed + 1000,
+               **({'model': judge_model} if judge_model is not None else {}))
   if not _stage_done(os.path.join(exp.sft, sft_trainer.PARAMS_FILE)):
     log(f'[3/4] SFT policy pi0 -> {exp.sft}')
     result = sft_trainer.train_sft(run_dir=exp.sft, data_dir=exp.data,

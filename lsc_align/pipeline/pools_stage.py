@@ -65,11 +65,30 @@ def load_models(exp: pools.ExperimentDirs) -> Models:
   return Models(config, params, rcfg, rparams, prompt_length)
 
 
-def load_judge(data_dir: str) -> world_judge.GoldJudge | None:
-  """The gold judge of a world directory; None for other data (HH text has no gold)."""
-  if not os.path.exists(os.path.join(data_dir, 'world.json')):
+@dataclasses.dataclass
+class RewardModelJudge:
+  """A judge for data without gold utilities (HH text): one separately trained reward model per
+  property, and the shortcut detectors of lsc_align.eval.shortcuts on the decoded text."""
+  reward_fns: dict[str, references.RewardFn]
+  vocabulary: Any
+  chunk: int = 256
+
+
+Judge = world_judge.GoldJudge | RewardModelJudge
+
+
+def load_judge(exp: pools.ExperimentDirs) -> Judge | None:
+  """The world's gold judge, else the judge reward models EXP/judge_<property> (None if absent)."""
+  if exp.is_world:
+    return world_judge.build_judge(world_lib.load_config(exp.data))
+  if not all(os.path.exists(os.path.join(exp.judge_model(p), reward_model_trainer.PARAMS_FILE))
+             for p in pools.PROPERTIES):
     return None
-  return world_judge.build_judge(world_lib.load_config(data_dir))
+  fns = {}
+  for prop in pools.PROPERTIES:
+    config, params = reward_model_trainer.load_reward_model(exp.judge_model(prop))
+    fns[prop] = references.make_reward_fn(config, params)
+  return RewardModelJudge(fns, data_arrays.load_vocabulary(exp.vocabulary))
 
 
 def prompt_set(data_dir: str, vocabulary: str, split: str, prompt_length: int, num: int,
@@ -83,14 +102,33 @@ def prompt_set(data_dir: str, vocabulary: str, split: str, prompt_length: int, n
   return ids.astype(np.int32)
 
 
-def judge_pool(judge: world_judge.GoldJudge | None, prompt_ids: np.ndarray,
+def decode_responses(vocabulary: Any, responses: np.ndarray) -> list[str]:
+  """Text of each response row (up to its first EOS; padding dropped)."""
+  out = []
+  for row in responses.reshape(-1, responses.shape[-1]):
+    ids = [int(t) for t in row]
+    if 1 in ids:
+      ids = ids[:ids.index(1)]
+    out.append(vocabulary.decode([t for t in ids if t > 1]))
+  return out
+
+
+def judge_pool(judge: Judge | None, prompt_ids: np.ndarray,
                responses: np.ndarray) -> dict[str, np.ndarray]:
-  """gold_<property> and shortcut flags [P, n] from the world judge ({} without one)."""
+  """gold_<property> (judge scores) and shortcut flags [P, n] ({} without a judge)."""
   if judge is None:
     return {}
-  judged = pools.gold_judgements(judge, prompt_ids, responses)
-  return {'gold_helpful': judged['helpful'], 'gold_harmless': judged['harmless'],
-          'flag_list': judged['list'], 'flag_referral': judged['referral']}
+  if isinstance(judge, world_judge.GoldJudge):
+    judged = pools.gold_judgements(judge, prompt_ids, responses)
+    return {'gold_helpful': judged['helpful'], 'gold_harmless': judged['harmless'],
+            'flag_list': judged['list'], 'flag_referral': judged['referral']}
+  from lsc_align.eval import shortcuts  # pylint: disable=g-import-not-at-top
+  out = {f'gold_{p}': references.score_pool(fn, prompt_ids, responses, judge.chunk)
+         for p, fn in judge.reward_fns.items()}
+  flags = shortcuts.shortcut_flags(decode_responses(judge.vocabulary, responses))
+  for name in ('list', 'referral'):
+    out[f'flag_{name}'] = flags[name].reshape(responses.shape[:2])
+  return out
 
 
 def _score_all(models: Models, prompt_ids: np.ndarray, responses: np.ndarray,
@@ -110,19 +148,17 @@ def _canned_all(models: Models, data_dir: str, vocabulary: str, prompt_ids: np.n
 
 
 def build_pools(exp_dir: str, sizes: PoolSizes | None = None, seed: int = 0,
-                data_dir: str | None = None, vocabulary: str | None = None,
                 overwrite: bool = False) -> dict[str, str]:
   """Writes EXP/pools/train.npz and EXP/pools/eval.npz (skipped when present); returns paths."""
   sizes = sizes or PoolSizes()
   exp = pools.ExperimentDirs(exp_dir)
-  data_dir = data_dir or exp.data
-  vocabulary = vocabulary or exp.vocabulary
+  data_dir, vocabulary = exp.data, exp.vocabulary
   paths = {'train': exp.pool('train'), 'eval': exp.pool('eval')}
   if not overwrite and all(os.path.exists(p) for p in paths.values()):
     return paths
   start = time.time()
   models = load_models(exp)
-  judge = load_judge(data_dir)
+  judge = load_judge(exp)
   cache = os.path.join(exp_dir, 'pools', 'arrays')
   rng = jax.random.key(seed)
   lp, lr, chunk = models.prompt_length, sizes.response_length, sizes.chunk
@@ -136,7 +172,7 @@ def build_pools(exp_dir: str, sizes: PoolSizes | None = None, seed: int = 0,
   train = {'prompt_ids': train_prompts,
            **_score_all(models, train_prompts, train_samples, chunk),
            **_canned_all(models, data_dir, vocabulary, train_prompts, chunk)}
-  eval_split = 'test' if judge is not None else data_arrays.validation_split(data_dir)
+  eval_split = 'test' if exp.is_world else data_arrays.validation_split(data_dir)
   eval_prompts = prompt_set(data_dir, vocabulary, eval_split, lp, sizes.eval_prompts, seed + 1,
                             cache)
   pool = sample(eval_prompts, sizes.eval_pool_samples, 1)

@@ -4,6 +4,7 @@ An experiment directory holds the stages' outputs side by side:
 
     EXP/world/            the embedded world (or any HH-layout data dir + vocabulary)
     EXP/rm_<property>/    reward models (lsc-align train-rm)
+    EXP/judge_<property>/ judge reward models, for data without gold utilities (HH text)
     EXP/sft/              π0 (lsc-align sft)
     EXP/pools/train.npz   RL prompts with m π0 samples' rewards (quantile references) and the
                           mean reward of canned refusals, per property
@@ -17,6 +18,7 @@ Everything is keyed by the seed, so the same experiment directory reproduces bit
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, Mapping, Sequence
 
@@ -30,22 +32,45 @@ from lsc_align.rewards.objectives import DEFAULT_REFUSALS
 from lsc_align.train import references
 
 PROPERTIES = ('helpful', 'harmless')
+SOURCE_FILE = 'experiment.json'
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentDirs:
+  """Paths of an experiment. The data source is the embedded world (EXP/world) unless
+  EXP/experiment.json names another one (an HH-layout directory and its vocabulary)."""
   root: str
+
+  def _source(self) -> dict[str, str]:
+    path = os.path.join(self.root, SOURCE_FILE)
+    if not os.path.exists(path):
+      return {}
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+
+  def set_source(self, data_dir: str, vocabulary: str) -> None:
+    """Records a data source other than the world (absolute paths)."""
+    io_utils.atomic_write_json(os.path.join(self.root, SOURCE_FILE), {
+        'data_dir': os.path.abspath(data_dir), 'vocabulary': os.path.abspath(vocabulary)})
 
   @property
   def data(self) -> str:
-    return os.path.join(self.root, 'world')
+    return self._source().get('data_dir', os.path.join(self.root, 'world'))
 
   @property
   def vocabulary(self) -> str:
-    return os.path.join(self.data, 'vocab.txt')
+    return self._source().get('vocabulary', os.path.join(self.data, 'vocab.txt'))
+
+  @property
+  def is_world(self) -> bool:
+    return os.path.exists(os.path.join(self.data, 'world.json'))
 
   def reward_model(self, prop: str) -> str:
     return os.path.join(self.root, f'rm_{prop}')
+
+  def judge_model(self, prop: str) -> str:
+    """A separately trained judge reward model (data without gold utilities, e.g. HH)."""
+    return os.path.join(self.root, f'judge_{prop}')
 
   @property
   def sft(self) -> str:
