@@ -11,6 +11,7 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import pathlib  # pylint: disable=g-import-not-at-top
+import socket  # pylint: disable=g-import-not-at-top
 
 import pytest  # pylint: disable=g-import-not-at-top
 
@@ -101,3 +102,54 @@ def tiny_experiment(tmp_path_factory) -> str:
   finally:
     gin.clear_config()
   return exp.root
+
+
+@pytest.fixture(scope='module')
+def persistent_compilation_cache(tmp_path_factory):
+  """A persistent XLA compilation cache for one test module, restored after it.
+
+  Trainers jit fresh closures on every call, so without it each run recompiles the same
+  programs; with it later runs in the module load them.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+  names = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
+  previous = {name: getattr(jax.config, name) for name in names}
+  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('xla_cache')))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  compilation_cache.reset_cache()
+  yield
+  for name, value in previous.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope='module')
+def tiny_world(tmp_path_factory) -> pathlib.Path:
+  """A world written with configs/world/tiny.gin (gin cleared after)."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from lsc_align import gin_utils  # pylint: disable=g-import-not-at-top
+  from lsc_align.data import world  # pylint: disable=g-import-not-at-top
+  out = tmp_path_factory.mktemp('world_tiny')
+  try:
+    gin_utils.parse(['world/tiny.gin'], finalize=False)
+    world.build_world(str(out))
+  finally:
+    gin.clear_config()
+  return out
+
+
+def free_port() -> int:
+  """A free localhost TCP port (for a jax.distributed coordinator)."""
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def worker_env(devices: int, **extra: str) -> dict[str, str]:
+  """Environment of a CPU worker subprocess with `devices` fake devices and no cluster vars."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith(('LSC_ALIGN_', 'TPU_'))}
+  env.update(XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', JAX_PLATFORMS='cpu',
+             TF_CPP_MIN_LOG_LEVEL='3', PYTHONUNBUFFERED='1')
+  env.update(extra)
+  return env

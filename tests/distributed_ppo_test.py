@@ -8,13 +8,13 @@ tests/distributed_ppo_worker.py. The two runs execute at the same time to keep t
 (most of their time is compilation); a (2, 2) mesh also matches but takes ~25% longer here.
 """
 import json
-import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 import numpy as np
+
+from conftest import free_port, worker_env  # pylint: disable=g-bad-import-order
 
 TESTS = pathlib.Path(__file__).resolve().parent
 WORKER = TESTS / 'distributed_ppo_worker.py'
@@ -26,20 +26,6 @@ SUBPROCESS_TIMEOUT_S = 300
 # collectives' transport differs (observed bit-identical, the tolerance leaves room for a
 # reduction order that is not). Clip fractions count tokens either side of a threshold.
 RTOL, ATOL, FRACTION_ATOL = 1e-4, 1e-5, 0.03
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
-def worker_env(devices: int, **extra: str) -> dict[str, str]:
-  env = {k: v for k, v in os.environ.items() if not k.startswith(('LSC_ALIGN_', 'TPU_'))}
-  env.update(XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', JAX_PLATFORMS='cpu',
-             TF_CPP_MIN_LOG_LEVEL='3', PYTHONUNBUFFERED='1')
-  env.update(extra)
-  return env
 
 
 def start_worker(out: pathlib.Path, env: dict[str, str]) -> subprocess.Popen:

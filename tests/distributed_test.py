@@ -6,7 +6,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ import time
 import jax
 import numpy as np
 import pytest
+
+from conftest import free_port, worker_env  # pylint: disable=g-bad-import-order
 
 from lsc_align import distributed
 from lsc_align.train import loop
@@ -28,20 +29,6 @@ def load_worker():
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
-def worker_env(devices: int, **extra: str) -> dict[str, str]:
-  env = {k: v for k, v in os.environ.items() if not k.startswith(('LSC_ALIGN_', 'TPU_'))}
-  env.update(XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', JAX_PLATFORMS='cpu',
-             TF_CPP_MIN_LOG_LEVEL='3', PYTHONUNBUFFERED='1')
-  env.update(extra)
-  return env
 
 
 # ------------------------------------------------------------------ environment detection

@@ -11,12 +11,10 @@ from typing import Any
 
 import gin
 import jax
-from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import pytest
 
 from lsc_align import gin_utils
-from lsc_align.data import world
 from lsc_align.models import reward_model
 from lsc_align.models import t5_encoder
 from lsc_align.train import data_arrays
@@ -42,39 +40,13 @@ def tiny_model(vocab_size: int = 384) -> reward_model.RewardModelConfig:
       vocab_size=vocab_size, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32, num_layers=1))
 
 
-@pytest.fixture(scope='module', autouse=True)
-def reuse_compiled_programs(tmp_path_factory):
-  """A persistent compilation cache for this module only.
-
-  Every train_reward_model call jits fresh closures, so without it each run recompiles the
-  same three programs (about 2 s each here); with it the later runs load them. Restored after.
-  """
-  names = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
-  previous = {name: getattr(jax.config, name) for name in names}
-  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('xla_cache')))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-  compilation_cache.reset_cache()
-  yield
-  for name, value in previous.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
+pytestmark = pytest.mark.usefixtures('persistent_compilation_cache')
 
 
 @pytest.fixture(scope='module')
 def arrays(tmp_path_factory) -> pathlib.Path:
   """One tokenised-array cache for the module's runs, so each data set is tokenised once."""
   return tmp_path_factory.mktemp('arrays')
-
-
-@pytest.fixture(scope='module')
-def tiny_world(tmp_path_factory) -> pathlib.Path:
-  out = tmp_path_factory.mktemp('world_tiny')
-  try:
-    gin_utils.parse(['world/tiny.gin'], finalize=False)
-    world.build_world(str(out))
-  finally:
-    gin.clear_config()
-  return out
 
 
 @pytest.fixture(autouse=True)

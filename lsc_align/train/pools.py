@@ -29,7 +29,6 @@ import numpy as np
 from lsc_align import io_utils
 from lsc_align.models import policy
 from lsc_align.rewards.objectives import DEFAULT_REFUSALS
-from lsc_align.train import references
 
 PROPERTIES = ('helpful', 'harmless')
 SOURCE_FILE = 'experiment.json'

@@ -20,7 +20,7 @@ from flax import linen as nn
 from flax import serialization
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 import numpy as np
 import optax
 
