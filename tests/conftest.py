@@ -153,3 +153,27 @@ def worker_env(devices: int, **extra: str) -> dict[str, str]:
              TF_CPP_MIN_LOG_LEVEL='3', PYTHONUNBUFFERED='1')
   env.update(extra)
   return env
+
+
+@pytest.fixture
+def clean_gin():
+  """No gin bindings before or after the test."""
+  import gin  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def communicate_all(procs, timeout_s: float) -> list[tuple[int, str]]:
+  """(returncode, stdout) of each subprocess; any still running at the end is killed."""
+  results = []
+  try:
+    for p in procs:
+      stdout, _ = p.communicate(timeout=timeout_s)
+      results.append((p.returncode, stdout))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  return results

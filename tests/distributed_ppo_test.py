@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from conftest import free_port, worker_env  # pylint: disable=g-bad-import-order
+from conftest import communicate_all, free_port, worker_env  # pylint: disable=g-bad-import-order
 
 TESTS = pathlib.Path(__file__).resolve().parent
 WORKER = TESTS / 'distributed_ppo_worker.py'
@@ -37,17 +37,7 @@ def start_worker(out: pathlib.Path, env: dict[str, str]) -> subprocess.Popen:
 
 def wait_all(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
   """(return code, output) of each process; kills whatever is still running on the way out."""
-  results = []
-  try:
-    for p in procs:
-      stdout, _ = p.communicate(timeout=SUBPROCESS_TIMEOUT_S)
-      results.append((p.returncode, stdout))
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
-  return results
+  return communicate_all(procs, SUBPROCESS_TIMEOUT_S)
 
 
 def without_gloo_chatter(output: str) -> str:

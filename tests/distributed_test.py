@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import free_port, worker_env  # pylint: disable=g-bad-import-order
+from conftest import communicate_all, free_port, worker_env  # pylint: disable=g-bad-import-order
 
 from lsc_align import distributed
 from lsc_align.train import loop
@@ -171,17 +171,8 @@ def run_two_processes(out: pathlib.Path, steps: int) -> list[subprocess.Complete
     procs.append(subprocess.Popen(
         [sys.executable, str(WORKER), 'train', '--out', str(out), '--steps', str(steps)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-  results = []
-  try:
-    for p in procs:
-      stdout, _ = p.communicate(timeout=SUBPROCESS_TIMEOUT_S)
-      results.append(subprocess.CompletedProcess(p.args, p.returncode, stdout))
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
-  return results
+  return [subprocess.CompletedProcess(p.args, code, out)
+          for p, (code, out) in zip(procs, communicate_all(procs, SUBPROCESS_TIMEOUT_S))]
 
 
 def test_two_cpu_processes_train_like_one(tmp_path):

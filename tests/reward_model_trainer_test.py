@@ -40,20 +40,13 @@ def tiny_model(vocab_size: int = 384) -> reward_model.RewardModelConfig:
       vocab_size=vocab_size, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32, num_layers=1))
 
 
-pytestmark = pytest.mark.usefixtures('persistent_compilation_cache')
+pytestmark = pytest.mark.usefixtures('persistent_compilation_cache', 'clean_gin')
 
 
 @pytest.fixture(scope='module')
 def arrays(tmp_path_factory) -> pathlib.Path:
   """One tokenised-array cache for the module's runs, so each data set is tokenised once."""
   return tmp_path_factory.mktemp('arrays')
-
-
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
 
 
 def run_from_run_file(run_dir: pathlib.Path, data_dir: pathlib.Path,

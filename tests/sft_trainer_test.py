@@ -31,20 +31,13 @@ TINY_BINDINGS = (
     'train_sft.checkpoint_every = 2', 'train_sft.world_samples_per_prompt = 1')
 
 
-pytestmark = pytest.mark.usefixtures('persistent_compilation_cache')
+pytestmark = pytest.mark.usefixtures('persistent_compilation_cache', 'clean_gin')
 
 
 @pytest.fixture(scope='module')
 def arrays(tmp_path_factory) -> pathlib.Path:
   """One tokenised-array cache for the module's runs, so the world is tokenised once."""
   return tmp_path_factory.mktemp('arrays')
-
-
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
 
 
 def run_from_run_file(run_dir: pathlib.Path, world_dir: pathlib.Path,

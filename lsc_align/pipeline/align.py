@@ -250,10 +250,7 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
           'alpha': ppo_math.alpha_from_kl_coef(
       gamma), 'seed': seed, 'steps': steps, 'batch_size': batch_size, 'hp': dataclasses.asdict(hp)}
   io_utils.atomic_write_json(os.path.join(run_dir, 'run.json'), info)
-  try:
-    gin_utils.write_operative_config(run_dir)
-  except ValueError:  # gin not in use (library call): nothing to record
-    pass
+  gin_utils.write_operative_config(run_dir)
   checkpointer = checkpointing.TrainCheckpointer(
       os.path.join(run_dir, 'checkpoints'), save_interval_steps=checkpoint_every, max_to_keep=2)
   with partitioning.activate(mesh), checkpointer, writer:
@@ -280,10 +277,10 @@ def evaluate_ppo(exp: pools.ExperimentDirs, objective: Objective, gamma: float, 
   """Samples the final π on the evaluation prompts; judged, with KL and the optimum's share."""
   arrays = pools.load_npz(exp.pool('eval'))
   prompts = arrays['prompt_ids']
-  responses = ppo.sample_for_eval(params, models.policy_config, prompts,
-                                  evaluation.samples_per_prompt,
-                                  jax.random.key(10_000 + seed), hp.max_response_length,
-                                  hp.temperature, evaluation.batch_size)
+  responses = references.sample_pool(params, models.policy_config, prompts,
+                                     evaluation.samples_per_prompt,
+                                     jax.random.key(10_000 + seed), hp.max_response_length,
+                                     hp.temperature, evaluation.batch_size)
   kl = _kl_per_prompt(params, models.policy_params, models.policy_config, prompts, responses,
                       hp.temperature, evaluation.batch_size)
   judged = pools_stage.judge_pool(pools_stage.load_judge(exp), prompts, responses)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import logging
 import os
 import re
 import time
@@ -20,7 +19,6 @@ from typing import Any, Mapping, Sequence
 import gin
 
 from lsc_align import gin_utils
-from lsc_align import io_utils
 from lsc_align.pipeline import align
 from lsc_align.pipeline import pools_stage
 from lsc_align.rewards import objectives as objectives_lib
@@ -198,8 +196,3 @@ def run_sweep(exp_dir: str, ppo_objectives: Sequence[str] = (),
 
 def _has_results(run_dir: str) -> bool:
   return any(os.path.exists(os.path.join(run_dir, align.RESULTS_FILE + s)) for s in ('', 'l'))
-
-
-def write_summary(path: str, obj: Any) -> None:
-  io_utils.atomic_write_json(path, obj)
-  logging.info('wrote %s', path)

@@ -17,7 +17,7 @@ import numpy as np
 from flax import struct
 
 from lsc_align import partitioning
-from lsc_align.models import policy, sampling
+from lsc_align.models import sampling
 from lsc_align.train import ppo_step
 from lsc_align.train.loop import EpochBatchSchedule, TrainState
 from lsc_align.train.ppo_step import PPOHyperparams, Scorer
@@ -135,21 +135,3 @@ def ppo_iteration(setup: PPOSetup, state: PPOState,
       **mean_stats,
   }
   return PPOState(step=state.step + 1, policy=train), metrics
-
-
-def sample_for_eval(params: Any, config: policy.PolicyConfig, prompt_ids: np.ndarray,
-                    num_samples: int, rng: jax.Array, max_response_length: int,
-                    temperature: float = 1.0, batch_size: int = 256) -> np.ndarray:
-  """num_samples responses per prompt: [N, num_samples, Lr] token ids (KV-cache sampler)."""
-  n = prompt_ids.shape[0]
-  tiled = np.repeat(prompt_ids, num_samples, axis=0)
-  out = []
-  for start in range(0, tiled.shape[0], batch_size):
-    chunk = tiled[start:start + batch_size]
-    pad = batch_size - chunk.shape[0]
-    if pad:  # one compiled shape for every chunk
-      chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, axis=0)])
-    s = sampling.sample(params, config, jnp.asarray(chunk), jax.random.fold_in(rng, start),
-                        max_response_length=max_response_length, temperature=temperature)
-    out.append(np.asarray(s.response_ids)[:batch_size - pad])
-  return np.concatenate(out).reshape(n, num_samples, max_response_length)
