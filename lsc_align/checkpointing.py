@@ -15,7 +15,9 @@ tests/checkpointing_test.py). Raw ``uint32`` keys (``jax.random.PRNGKey``) work 
 passed to ``restore`` must hold the same kind of key as the saved state.
 
 Directories are ``etils.epath`` paths, so local paths and ``gs://`` buckets go through the same
-code. Saving is asynchronous: ``save`` returns once the arrays are copied off the devices, and
+code. On ``gs://`` Orbax lists checkpoint steps through the Cloud Storage client, so the
+``google-cloud-storage`` package must be installed there (checked when the directory is opened).
+Saving is asynchronous: ``save`` returns once the arrays are copied off the devices, and
 ``wait_until_finished`` blocks until the files are committed.
 """
 from __future__ import annotations
@@ -31,6 +33,24 @@ State = TypeVar('State')
 
 STATE_ITEM = 'state'
 HOST_ITEM = 'host'
+
+
+def require_gcs_client(directory: str | os.PathLike[str]) -> None:
+  """ImportError, up front, when a gs:// directory meets a Python without google-cloud-storage.
+
+  (Orbax imports it lazily to query bucket metadata, which would otherwise fail after setup.)
+  """
+  if not os.fspath(directory).startswith('gs://'):
+    return
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  try:
+    found = importlib.util.find_spec('google.cloud.storage') is not None
+  except ModuleNotFoundError:  # no google.cloud namespace at all
+    found = False
+  if not found:
+    raise ImportError(f'checkpoints in {os.fspath(directory)}: Orbax needs the '
+                      'google-cloud-storage package for gs:// directories '
+                      '(pip install google-cloud-storage on every worker)')
 
 
 def abstract_like(template: Any) -> Any:
@@ -78,6 +98,7 @@ class TrainCheckpointer:
       raise ValueError(f'save_interval_steps must be >= 1, got {save_interval_steps}')
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f'max_to_keep must be >= 1 or None, got {max_to_keep}')
+    require_gcs_client(directory)
     self.directory = epath.Path(directory)
     self.save_interval_steps = save_interval_steps
     self.max_to_keep = max_to_keep

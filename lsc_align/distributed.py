@@ -20,18 +20,16 @@ bounds the wait for the other processes.
 Rows: with P processes, process p reads rows ``host_slice(global_batch)`` = the p-th contiguous
 block, which is what `partitioning.shard_batch` (``jax.make_array_from_process_local_data``)
 expects. Writes: reports and summaries go through ``write_on_main`` so only process 0 writes;
-paths may be local or ``gs://`` (``etils.epath``).
+paths may be local or ``gs://`` (``lsc_align.io_utils``).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 from typing import Any, Callable, Mapping, TypeVar
 
-from etils import epath
 import jax
 import numpy as np
 
@@ -208,47 +206,11 @@ def fetch_to_host(tree: Any) -> Any:
   return jax.tree.map(one, tree)
 
 
-# ---------------------------------------------------------------- paths (local and gs://)
-
-def is_remote_path(path: str | os.PathLike[str]) -> bool:
-  """True for URLs such as gs://bucket/x (anything with a scheme)."""
-  return '://' in os.fspath(path)
-
-
-def as_path(path: str | os.PathLike[str]) -> epath.Path:
-  return epath.Path(path)
-
-
-def join_path(base: str | os.PathLike[str], *parts: str) -> str:
-  """``base/part/...`` as a string, for local paths and URLs alike."""
-  return os.fspath(epath.Path(base).joinpath(*parts))
-
-
-def path_exists(path: str | os.PathLike[str]) -> bool:
-  return epath.Path(path).exists()
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-  """Writes ``text`` so readers see the old content or the whole new one.
-
-  Local files: temporary name then rename (io_utils). Object stores (gs://) make an object
-  visible only once its upload completes, so a plain write is already atomic there.
-  """
-  if is_remote_path(path):
-    target = epath.Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text)
-  else:
-    io_utils.atomic_write_text(path, text)
-
-
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')
-
+# ---------------------------------------------------------------- writes on process 0
 
 def write_on_main(path: str | os.PathLike[str], text: str) -> bool:
   """Writes ``text`` atomically on process 0 only; returns whether this process wrote."""
   if not is_main_process():
     return False
-  write_text_atomic(path, text)
+  io_utils.atomic_write_text(path, text)
   return True

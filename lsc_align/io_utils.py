@@ -1,24 +1,117 @@
-"""Small file helpers: atomic writes (temporary name, then rename) and JSONL."""
+"""File helpers that take local paths and object-store URLs (gs://, ...) alike.
+
+Run directories, pools, caches and data may live in a bucket on a pod: every read, write and
+directory operation on them goes through here. Local paths use the os module (fast, atomic
+rename); URLs go through etils.epath (TensorFlow's gfile or fsspec underneath). Writes are
+atomic either way: a temporary name then a rename locally, one whole-object upload on a store.
+Paths are strings; ``os.path.join``/``dirname``/``basename`` work on URL strings too, but
+``os.path.abspath`` does not, hence ``abspath`` here.
+"""
 from __future__ import annotations
 
 import io
 import json
 import os
 import tempfile
-from typing import Any, Iterable, Mapping
+from typing import IO, Any, Iterable, Mapping
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+PathLike = str | os.PathLike[str]
+
+
+def is_url(path: PathLike) -> bool:
+  """True for object-store URLs such as gs://bucket/dir (anything with a scheme)."""
+  return '://' in os.fspath(path)
+
+
+def _epath(path: PathLike):
+  from etils import epath  # pylint: disable=g-import-not-at-top  (keeps `import lsc_align` light)
+  return epath.Path(os.fspath(path))
+
+
+def abspath(path: PathLike) -> str:
+  """os.path.abspath for local paths; URLs are already absolute and come back unchanged."""
+  path = os.fspath(path)
+  return path if is_url(path) else os.path.abspath(path)
+
+
+def exists(path: PathLike) -> bool:
+  return _epath(path).exists() if is_url(path) else os.path.exists(path)
+
+
+def isdir(path: PathLike) -> bool:
+  return _epath(path).is_dir() if is_url(path) else os.path.isdir(path)
+
+
+def isfile(path: PathLike) -> bool:
+  if is_url(path):
+    p = _epath(path)
+    return p.exists() and not p.is_dir()
+  return os.path.isfile(path)
+
+
+def makedirs(path: PathLike) -> None:
+  """mkdir -p (a no-op on stores without directories beyond creating the marker)."""
+  if is_url(path):
+    _epath(path).mkdir(parents=True, exist_ok=True)
+  else:
+    os.makedirs(path, exist_ok=True)
+
+
+def listdir(path: PathLike) -> list[str]:
+  """Sorted entry names of a directory."""
+  if is_url(path):
+    return sorted(p.name for p in _epath(path).iterdir())
+  return sorted(os.listdir(path))
+
+
+def open_file(path: PathLike, mode: str = 'r', encoding: str | None = None) -> IO[Any]:
+  """open() for local paths and URLs ('r', 'rb', 'w', 'wb'; text is UTF-8 by default)."""
+  if is_url(path):
+    return _epath(path).open(mode)
+  if 'b' not in mode and encoding is None:
+    encoding = 'utf-8'
+  return open(path, mode, encoding=encoding)  # pylint: disable=unspecified-encoding
+
+
+def read_bytes(path: PathLike) -> bytes:
+  if is_url(path):
+    return _epath(path).read_bytes()
+  with open(path, 'rb') as f:
+    return f.read()
+
+
+def read_text(path: PathLike) -> str:
+  return read_bytes(path).decode('utf-8')
+
+
+def load_npz(path: PathLike) -> dict[str, Any]:
+  """All arrays of an .npz file, read into memory (the file is closed on return)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  source = io.BytesIO(read_bytes(path)) if is_url(path) else path
+  with np.load(source, allow_pickle=False) as archive:
+    return {name: archive[name] for name in archive.files}
+
+
+def file_signature(path: PathLike) -> tuple[int, int]:
+  """(size in bytes, modification time in ns): what a cache key needs to notice an edit."""
+  if is_url(path):
+    stat = _epath(path).stat()
+    return int(stat.length), int(float(stat.mtime) * 1e9)
+  stat = os.stat(path)
+  return stat.st_size, stat.st_mtime_ns
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
   """Writes bytes so a reader sees either the old file or the whole new one, never a part.
 
   Local paths: a temporary file in the same directory, fsync, rename. Object stores (gs://, ...)
   publish an object whole, so those are written directly through etils.epath.
   """
   path = os.fspath(path)
-  if '://' in path:
-    from etils import epath  # pylint: disable=g-import-not-at-top
-    epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
-    epath.Path(path).write_bytes(data)
+  if is_url(path):
+    _epath(path).parent.mkdir(parents=True, exist_ok=True)
+    _epath(path).write_bytes(data)
     return
   directory = os.path.dirname(path) or '.'
   os.makedirs(directory, exist_ok=True)
@@ -57,7 +150,15 @@ def atomic_write_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> Non
 
 
 def append_jsonl(path: str | os.PathLike[str], row: Any) -> None:
-  """Appends one line; a line is written whole with one write call and flushed."""
+  """Appends one line; a line is written whole with one write call and flushed.
+
+  Object stores cannot append: there the object is read and rewritten whole (still atomic for
+  readers; the cost grows with the file, fine for the periodic sample logs this serves).
+  """
+  if is_url(path):
+    before = read_text(path) if exists(path) else ''
+    atomic_write_text(path, before + json.dumps(row, sort_keys=True) + '\n')
+    return
   with open(path, 'a', encoding='utf-8') as f:
     f.write(json.dumps(row, sort_keys=True) + '\n')
     f.flush()

@@ -20,6 +20,7 @@ if __name__ == '__main__':  # the test runs this file directly; make lsc_align i
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from lsc_align import distributed  # pylint: disable=g-import-not-at-top
+from lsc_align import io_utils  # pylint: disable=g-import-not-at-top
 
 NUM_PROMPTS = 32
 BATCH_SIZE = 16
@@ -101,7 +102,7 @@ def run(args) -> int:
   out = pathlib.Path(args.out)
   if distributed.is_main_process():
     np.savez(out / 'params.npz', **params)
-    distributed.write_json_atomic(out / 'metrics.json', history)
+    io_utils.atomic_write_json(out / 'metrics.json', history)
   distributed.barrier('ppo_worker_done')
   info = {'initialised': initialised, 'process_index': jax.process_index(),
           'process_count': jax.process_count(), 'device_count': jax.device_count(),
@@ -110,7 +111,7 @@ def run(args) -> int:
           'metrics_replicated': bool(replicated_metrics), 'initial_param_sum': initial_sum,
           'param_sum': checksum(params),
           'wall_s': time.perf_counter() - start}
-  distributed.write_json_atomic(out / f'process_{jax.process_index()}.json', info)
+  io_utils.atomic_write_json(out / f'process_{jax.process_index()}.json', info)
   return 0
 
 

@@ -3,7 +3,6 @@ a real 2-process jax.distributed run on CPU (gloo collectives) against the 1-pro
 and SIGTERM preemption of a training subprocess followed by an exact resume."""
 import importlib.util
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -134,19 +133,6 @@ def test_only_the_main_process_writes(tmp_path, monkeypatch):
   assert distributed.write_on_main(tmp_path / 'other.md', 'x') is False
   assert not (tmp_path / 'other.md').exists()
   assert summarise(1) is None
-
-
-def test_path_helpers_for_local_and_bucket_paths(tmp_path):
-  assert distributed.is_remote_path('gs://bucket/runs/x')
-  assert not distributed.is_remote_path(tmp_path / 'x')
-  assert distributed.join_path('gs://bucket/runs', 'x y', 'DONE') == 'gs://bucket/runs/x y/DONE'
-  assert distributed.join_path(str(tmp_path), 'a') == os.path.join(str(tmp_path), 'a')
-  target = distributed.join_path(str(tmp_path), 'run', 'done.json')
-  assert not distributed.path_exists(target)
-  distributed.write_json_atomic(target, {'b': 1, 'a': [1, 2]})
-  assert json.loads(pathlib.Path(target).read_text()) == {'a': [1, 2], 'b': 1}
-  assert distributed.path_exists(target)
-  assert distributed.as_path(target).name == 'done.json'
 
 
 def test_fetch_to_host_gathers_sharded_arrays():

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 import time
@@ -23,6 +22,7 @@ if __name__ == '__main__':  # the test runs this file directly; make lsc_align i
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from lsc_align import distributed  # pylint: disable=g-import-not-at-top
+from lsc_align import io_utils  # pylint: disable=g-import-not-at-top
 
 NUM_EXAMPLES = 64
 GLOBAL_BATCH = 16
@@ -116,7 +116,7 @@ def train(args) -> int:
           'process_count': jax.process_count(), 'device_count': jax.device_count(),
           'local_device_count': jax.local_device_count(), 'batches_match': batches_match,
           'wrote_report': wrote, 'param_sum': float(sum(np.sum(v) for v in flat.values()))}
-  distributed.write_json_atomic(out / f'process_{jax.process_index()}.json', info)
+  io_utils.atomic_write_json(out / f'process_{jax.process_index()}.json', info)
   return 0
 
 

@@ -37,6 +37,8 @@ import os
 import zlib
 from typing import Iterator, Sequence
 
+from lsc_align import io_utils
+
 HUMAN_MARKER = '\n\nHuman:'
 ASSISTANT_MARKER = '\n\nAssistant:'
 DERIVED_FROM = 'test'
@@ -161,9 +163,12 @@ def parse_line(raw: bytes, source: str, line: int) -> PreferencePair:
 
 
 def _raw_lines(path: str) -> Iterator[bytes]:
-  opener = gzip.open if path.endswith('.gz') else open
-  with opener(path, 'rb') as f:
-    yield from f
+  with io_utils.open_file(path, 'rb') as raw:
+    if path.endswith('.gz'):
+      with gzip.GzipFile(fileobj=raw, mode='rb') as f:
+        yield from f
+    else:
+      yield from raw
 
 
 def read_pairs(path: str | os.PathLike[str], *,
@@ -223,10 +228,10 @@ def split_by_prompt(
 def split_files(subset_dir: str | os.PathLike[str]) -> dict[str, str]:
   """The splits on disk: {split name: file path} for every <split>.jsonl(.gz) in subset_dir."""
   subset_dir = os.fspath(subset_dir)
-  if not os.path.isdir(subset_dir):
+  if not io_utils.isdir(subset_dir):
     raise ValueError(f'{subset_dir}: not a directory (expected <root>/<subset>/<split>.jsonl.gz)')
   files: dict[str, str] = {}
-  for name in sorted(os.listdir(subset_dir)):
+  for name in io_utils.listdir(subset_dir):
     for suffix in _SUFFIXES:
       if name.endswith(suffix) and not name.startswith('.'):
         split = name[:-len(suffix)]

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 from etils import epath
 import tensorflow_datasets as tfds
 
+from lsc_align import io_utils
 from lsc_align.data import hh
 
 BUILDER_NAME = 'hh_preference'
@@ -46,7 +47,7 @@ class HhPreference(tfds.core.GeneratorBasedBuilder):
                validation_fraction: float = hh.DEFAULT_VALIDATION_FRACTION, **kwargs: Any):
     """Args: source_dir (root of the HH layout, needed only to prepare), lenient (skip bad lines),
     validation_fraction (for splits derived from test); the rest goes to tfds (data_dir, config)."""
-    self._source_dir = None if source_dir is None else os.path.abspath(os.fspath(source_dir))
+    self._source_dir = None if source_dir is None else io_utils.abspath(source_dir)
     self._lenient = lenient
     self._validation_fraction = validation_fraction
     super().__init__(**kwargs)
@@ -113,7 +114,7 @@ def prepare(source_dir: str | os.PathLike[str], tfds_data_dir: str | os.PathLike
       file_format=FILE_FORMAT,
       download_config=tfds.download.DownloadConfig(
           compute_stats=tfds.download.ComputeStatsMode.SKIP))
-  wanted = {'source_dir': os.path.abspath(os.fspath(source_dir)), 'lenient': lenient,
+  wanted = {'source_dir': io_utils.abspath(source_dir), 'lenient': lenient,
             'validation_fraction': validation_fraction}
   found = {key: builder.info.metadata.get(key) for key in wanted}
   if found != wanted:

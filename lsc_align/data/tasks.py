@@ -27,6 +27,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from lsc_align import io_utils
 from lsc_align.data import hh
 
 PROPERTY_SUBSETS: Mapping[str, str] = {'helpful': 'helpful-base', 'harmless': 'harmless-base'}
@@ -165,7 +166,7 @@ def register_hh_tasks(data_dir: str | os.PathLike[str], vocabulary: seqio.Vocabu
   Raises:
     ValueError: a subset directory is missing, or a name is taken with other parameters.
   """
-  data_dir = os.path.abspath(os.fspath(data_dir))
+  data_dir = io_utils.abspath(data_dir)
   if sft_property not in properties:
     raise ValueError(f'sft_property "{sft_property}" is not one of {sorted(properties)}')
   settings = {'data_dir': data_dir, 'vocabulary': vocabulary_fingerprint(vocabulary),

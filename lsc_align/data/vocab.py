@@ -37,7 +37,7 @@ def _sentences(texts: Iterable[str], files: Sequence[str | os.PathLike[str]]) ->
       if line.strip():
         yield line
   for path in files:
-    with open(path, encoding='utf-8') as f:
+    with io_utils.open_file(path) as f:
       for line in f:
         if line.strip():
           yield line.rstrip('\n')
@@ -74,23 +74,13 @@ def train_sentencepiece(texts: Iterable[str] | None, model_prefix: str | os.Path
       pad_piece='<pad>', eos_piece='</s>', unk_piece='<unk>',
       input_sentence_size=0, shuffle_input_sentence=False,
       max_sentence_length=_MAX_SENTENCE_BYTES, minloglevel=2)
-  os.makedirs(os.path.dirname(model_path) or '.', exist_ok=True)
-  _atomic_write_bytes(model_path, model.getvalue())
+  io_utils.atomic_write_bytes(model_path, model.getvalue())
   # seqio caches loaded models by path for the process; a retrained file must not read stale.
   cache_clear = getattr(getattr(seqio.vocabularies, '_load_model_internal', None),
                         'cache_clear', None)
   if cache_clear is not None:
     cache_clear()
   return load_vocabulary(model_path)
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-  tmp = f'{path}.tmp.{os.getpid()}'
-  with open(tmp, 'wb') as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def load_vocabulary(model_path: str | os.PathLike[str],
@@ -101,7 +91,7 @@ def load_vocabulary(model_path: str | os.PathLike[str],
     ValueError: if the model's pad/eos/unk ids are not 0/1/2.
   """
   model_path = os.fspath(model_path)
-  if not os.path.exists(model_path):
+  if not io_utils.exists(model_path):
     raise ValueError(f'{model_path}: no such SentencePiece model')
   vocabulary = seqio.SentencePieceVocabulary(model_path, extra_ids=extra_ids)
   ids = (vocabulary.pad_id, vocabulary.eos_id, vocabulary.unk_id)
@@ -151,7 +141,7 @@ def main(args: argparse.Namespace) -> int:
       texts, prefix, args.vocab_size, model_type=args.model_type,
       character_coverage=args.character_coverage, num_threads=args.num_threads)
   io_utils.atomic_write_json(prefix + '.json', {
-      'data_dir': os.path.abspath(args.data_dir), 'subsets': list(subsets), 'split': args.split,
+      'data_dir': io_utils.abspath(args.data_dir), 'subsets': list(subsets), 'split': args.split,
       'num_texts': len(texts), 'vocab_size': vocabulary.vocab_size,
       'model_type': args.model_type})
   print(f'wrote {prefix}.model ({vocabulary.vocab_size} pieces from {len(texts)} texts)')

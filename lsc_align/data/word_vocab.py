@@ -115,8 +115,7 @@ class WordVocabulary:
 
   @classmethod
   def load(cls, path: str | os.PathLike[str]) -> 'WordVocabulary':
-    with open(path, encoding='utf-8') as f:
-      lines = f.read().split('\n')
+    lines = io_utils.read_text(path).split('\n')
     if lines and lines[-1] == '':
       lines.pop()
     for number, line in enumerate(lines, start=1):

@@ -46,9 +46,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gzip
+import io
 import json
 import os
-import tempfile
 import time
 from typing import Any, Iterable
 
@@ -136,27 +136,18 @@ def world_vocabulary(config: world_config.WorldConfig) -> word_vocab.WordVocabul
 
 def _atomic_write_jsonl_gz(path: str, rows: Iterable[Any]) -> None:
   """Gzipped JSONL, written under a temporary name then renamed; mtime 0 keeps bytes stable."""
-  directory = os.path.dirname(path) or '.'
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as raw:
-      with gzip.GzipFile(filename='', mode='wb', fileobj=raw, mtime=0) as f:
-        for row in rows:
-          f.write((json.dumps(row, sort_keys=True) + '\n').encode('utf-8'))
-      raw.flush()
-      os.fsync(raw.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  buffer = io.BytesIO()
+  with gzip.GzipFile(filename='', mode='wb', fileobj=buffer, mtime=0) as f:
+    for row in rows:
+      f.write((json.dumps(row, sort_keys=True) + '\n').encode('utf-8'))
+  io_utils.atomic_write_bytes(path, buffer.getvalue())
 
 
 def read_jsonl_gz(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
   """Rows of a gzipped JSONL file; a bad line raises ValueError naming file and line."""
   rows = []
-  with gzip.open(path, 'rt', encoding='utf-8') as f:
+  with io_utils.open_file(path, 'rb') as raw, \
+      gzip.open(raw, 'rt', encoding='utf-8') as f:
     for number, line in enumerate(f, start=1):
       try:
         rows.append(json.loads(line))
@@ -208,8 +199,7 @@ def write_world(config: world_config.WorldConfig,
 def load_config(data_dir: str | os.PathLike[str]) -> world_config.WorldConfig:
   """The WorldConfig stored in DIR/world.json."""
   path = os.path.join(os.fspath(data_dir), 'world.json')
-  with open(path, encoding='utf-8') as f:
-    summary = json.load(f)
+  summary = json.loads(io_utils.read_text(path))
   try:
     return world_config.WorldConfig.from_dict(summary['config'])
   except (KeyError, TypeError, ValueError) as e:

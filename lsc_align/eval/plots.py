@@ -8,11 +8,11 @@ imported inside the functions (Agg canvas, no pyplot state), so importing this m
 from __future__ import annotations
 
 import io
-import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from lsc_align import io_utils
 from lsc_align.eval import metrics as eval_metrics
 from lsc_align.eval import results as eval_results
 
@@ -60,22 +60,8 @@ def _save(fig: Any, path: str) -> str:
   backend_agg.FigureCanvasAgg(fig)
   buffer = io.BytesIO()
   fig.savefig(buffer, format='png')
-  write_bytes(path, buffer.getvalue())
+  io_utils.atomic_write_bytes(path, buffer.getvalue())
   return path
-
-
-def write_bytes(path: str, data: bytes) -> None:
-  """Writes a file whole: temporary name then rename (local), or one epath write (gs://)."""
-  if path.startswith('gs://'):
-    from etils import epath  # pylint: disable=g-import-not-at-top
-    epath.Path(path).write_bytes(data)
-    return
-  directory = os.path.dirname(path) or '.'
-  os.makedirs(directory, exist_ok=True)
-  tmp = os.path.join(directory, f'.{os.path.basename(path)}.{os.getpid()}.tmp')
-  with open(tmp, 'wb') as f:
-    f.write(data)
-  os.replace(tmp, path)
 
 
 def objective_colors(points: Sequence[FrontierPoint]) -> dict[str, Any]:

@@ -251,10 +251,7 @@ def write_report(source: str | os.PathLike[str] | Sequence[RunResult | Mapping[s
   text = render_markdown(results, points, matched_kl_comparisons(points, comparison_kls),
                          optimum_gaps(points), figures)
   report_path = f'{out_dir.rstrip("/")}/report.md'
-  if report_path.startswith('gs://'):
-    plots.write_bytes(report_path, text.encode('utf-8'))
-  else:
-    io_utils.atomic_write_text(report_path, text)
+  io_utils.atomic_write_text(report_path, text)
   return report_path
 
 

@@ -52,12 +52,6 @@ class EncoderLoadReport:
             f'{len(self.cast_to_float32)} cast to float32')
 
 
-def _read_bytes(path: str) -> bytes:
-  if '://' in path:  # gs:// and other remote paths
-    from etils import epath  # pylint: disable=g-import-not-at-top
-    return epath.Path(path).read_bytes()
-  with open(path, 'rb') as f:
-    return f.read()
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -68,7 +62,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
   """
   path = os.fspath(path)
   try:
-    state = serialization.msgpack_restore(_read_bytes(path))
+    state = serialization.msgpack_restore(io_utils.read_bytes(path))
   except Exception as e:  # msgpack raises several types for a corrupt file
     raise ValueError(f'{path}: not a msgpack T5X checkpoint ({e})') from e
   if not isinstance(state, dict) or not isinstance(state.get('optimizer', {}).get('target'), dict):

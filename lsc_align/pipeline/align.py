@@ -201,7 +201,7 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
   start_time = time.time()
   exp = pools.ExperimentDirs(exp_dir)
   run_dir = run_dir or exp.run(ppo_run_name(objective, gamma, seed))
-  os.makedirs(run_dir, exist_ok=True)
+  io_utils.makedirs(run_dir)
   pool_length = pools.load_npz(exp.pool('eval'))['pool_responses'].shape[-1]
   if hp.max_response_length != pool_length:  # the SFT baseline must get the same budget
     raise ValueError(f'PPOHyperparams.max_response_length = {hp.max_response_length} but the '
@@ -246,7 +246,7 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
           'step': step, 'prompt': vocab.decode([int(t) for t in p if t > 1]),
           'response': vocab.decode([int(t) for t in r if t > 1])})
 
-  info = {'exp_dir': os.path.abspath(exp_dir), 'objective': objective.to_dict(), 'kl_coef': gamma,
+  info = {'exp_dir': io_utils.abspath(exp_dir), 'objective': objective.to_dict(), 'kl_coef': gamma,
           'alpha': ppo_math.alpha_from_kl_coef(
       gamma), 'seed': seed, 'steps': steps, 'batch_size': batch_size, 'hp': dataclasses.asdict(hp)}
   io_utils.atomic_write_json(os.path.join(run_dir, 'run.json'), info)
@@ -325,11 +325,10 @@ def evaluate_run(run_dir: str, step: int | None = None) -> results_lib.RunResult
   needs no gin; evaluation settings (PPOEval) come from gin when bound.
   """
   info_path = os.path.join(run_dir, 'run.json')
-  if not os.path.exists(info_path):
+  if not io_utils.exists(info_path):
     raise FileNotFoundError(f'{info_path} not found: only PPO run directories are evaluated '
                             'from checkpoints (best-of-k and optimum runs are evaluated when made)')
-  with open(info_path, encoding='utf-8') as f:
-    info = json.load(f)
+  info = json.loads(io_utils.read_text(info_path))
   exp = pools.ExperimentDirs(info['exp_dir'])
   objective = objective_from_dict(info['objective'])
   hp = ppo_step.PPOHyperparams(**info['hp'])

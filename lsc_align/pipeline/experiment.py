@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import gin
 
+from lsc_align import io_utils
 from lsc_align import gin_utils
 from lsc_align.pipeline import align
 from lsc_align.pipeline import pools_stage
@@ -60,11 +61,11 @@ def weighted_variants(objective: Objective, helpful_weights: Sequence[float]) ->
 
 
 def _stage_done(path: str) -> bool:
-  return os.path.exists(path)
+  return io_utils.exists(path)
 
 
 def _resume_flag(run_dir: str) -> bool:
-  return os.path.isdir(os.path.join(run_dir, 'checkpoints'))
+  return io_utils.isdir(os.path.join(run_dir, 'checkpoints'))
 
 
 @gin.configurable
@@ -87,7 +88,7 @@ def prepare(exp_dir: str, pool_sizes: pools_stage.PoolSizes | None = None,
   from lsc_align.data import world as world_lib  # pylint: disable=g-import-not-at-top
   from lsc_align.train import reward_model_trainer, sft_trainer  # pylint: disable=g-import-not-at-top
   exp = pools.ExperimentDirs(exp_dir)
-  os.makedirs(exp_dir, exist_ok=True)
+  io_utils.makedirs(exp_dir)
   if (data_dir is None) != (vocabulary is None):
     raise ValueError('prepare: give both data_dir and vocabulary (or neither, for the world)')
   if data_dir is not None:
@@ -195,4 +196,4 @@ def run_sweep(exp_dir: str, ppo_objectives: Sequence[str] = (),
 
 
 def _has_results(run_dir: str) -> bool:
-  return any(os.path.exists(os.path.join(run_dir, align.RESULTS_FILE + s)) for s in ('', 'l'))
+  return any(io_utils.exists(os.path.join(run_dir, align.RESULTS_FILE + s)) for s in ('', 'l'))

@@ -19,6 +19,7 @@ import gin
 import jax
 import numpy as np
 
+from lsc_align import io_utils
 from lsc_align.data import world as world_lib
 from lsc_align.data import world_judge
 from lsc_align.train import data_arrays
@@ -81,7 +82,7 @@ def load_judge(exp: pools.ExperimentDirs) -> Judge | None:
   """The world's gold judge, else the judge reward models EXP/judge_<property> (None if absent)."""
   if exp.is_world:
     return world_judge.build_judge(world_lib.load_config(exp.data))
-  if not all(os.path.exists(os.path.join(exp.judge_model(p), reward_model_trainer.PARAMS_FILE))
+  if not all(io_utils.exists(os.path.join(exp.judge_model(p), reward_model_trainer.PARAMS_FILE))
              for p in pools.PROPERTIES):
     return None
   fns = {}
@@ -154,7 +155,7 @@ def build_pools(exp_dir: str, sizes: PoolSizes | None = None, seed: int = 0,
   exp = pools.ExperimentDirs(exp_dir)
   data_dir, vocabulary = exp.data, exp.vocabulary
   paths = {'train': exp.pool('train'), 'eval': exp.pool('eval')}
-  if not overwrite and all(os.path.exists(p) for p in paths.values()):
+  if not overwrite and all(io_utils.exists(p) for p in paths.values()):
     return paths
   start = time.time()
   models = load_models(exp)

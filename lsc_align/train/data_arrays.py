@@ -37,7 +37,7 @@ def check_vocabulary_path(vocabulary_path: str | os.PathLike[str]) -> str:
   path = os.fspath(vocabulary_path)
   if not path.endswith(VOCABULARY_SUFFIXES):
     raise ValueError(f'vocabulary {path!r}: expected a world vocab.txt or a SentencePiece .model')
-  if not os.path.isfile(path):
+  if not io_utils.isfile(path):
     raise ValueError(f'vocabulary {path!r}: no such file')
   return path
 
@@ -59,7 +59,7 @@ def vocabulary_size(vocabulary_path: str | os.PathLike[str]) -> int:
     from lsc_align.data import word_vocab  # pylint: disable=g-import-not-at-top
     return word_vocab.WordVocabulary.load(path).size
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-  return int(spm.SentencePieceProcessor(model_file=path).get_piece_size())
+  return int(spm.SentencePieceProcessor(model_proto=io_utils.read_bytes(path)).get_piece_size())
 
 
 def validation_split(data_dir: str | os.PathLike[str], subset: str = 'helpful-base') -> str:
@@ -86,7 +86,7 @@ def _subsets(kind: str) -> tuple[str, ...]:
 
 def _file_digest(path: str) -> str:
   digest = hashlib.sha256()
-  with open(path, 'rb') as f:
+  with io_utils.open_file(path, 'rb') as f:
     for block in iter(lambda: f.read(1 << 20), b''):
       digest.update(block)
   return digest.hexdigest()
@@ -96,12 +96,11 @@ def cache_key(data_dir: str | os.PathLike[str], vocabulary_path: str | os.PathLi
               kind: str, split: str, feature_lengths: Mapping[str, int],
               validation_fraction: float = hh.DEFAULT_VALIDATION_FRACTION) -> str:
   """Hex digest of everything that determines the arrays of (kind, split)."""
-  data_dir = os.path.abspath(os.fspath(data_dir))
+  data_dir = io_utils.abspath(data_dir)
   files = {}
   for subset in _subsets(kind):
     for split_name, path in hh.split_files(os.path.join(data_dir, subset)).items():
-      stat = os.stat(path)
-      files[f'{subset}/{split_name}'] = [os.path.basename(path), stat.st_size, stat.st_mtime_ns]
+      files[f'{subset}/{split_name}'] = [os.path.basename(path), *io_utils.file_signature(path)]
   settings = {'version': CACHE_FORMAT_VERSION, 'data_dir': data_dir, 'files': files,
               'vocabulary': _file_digest(check_vocabulary_path(vocabulary_path)), 'kind': kind,
               'split': split, 'lengths': {k: int(v) for k, v in sorted(feature_lengths.items())},
@@ -151,9 +150,8 @@ def task_arrays(data_dir: str | os.PathLike[str], vocabulary_path: str | os.Path
   if cache_dir is not None:
     key = cache_key(data_dir, vocabulary_path, kind, split, feature_lengths, validation_fraction)
     path = os.path.join(os.fspath(cache_dir), f'{kind.replace("/", "_")}_{split}_{key[:16]}.npz')
-    if os.path.exists(path):
-      with np.load(path) as cached:
-        return {name: cached[name] for name in cached.files}
+    if io_utils.exists(path):
+      return io_utils.load_npz(path)
   arrays = _tokenize(data_dir, vocabulary_path, kind, split, feature_lengths, validation_fraction)
   if not arrays or len(next(iter(arrays.values()))) == 0:
     raise ValueError(f'{data_dir}: task {kind!r} split {split!r} has no examples')

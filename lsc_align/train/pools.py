@@ -42,15 +42,14 @@ class ExperimentDirs:
 
   def _source(self) -> dict[str, str]:
     path = os.path.join(self.root, SOURCE_FILE)
-    if not os.path.exists(path):
+    if not io_utils.exists(path):
       return {}
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
+    return json.loads(io_utils.read_text(path))
 
   def set_source(self, data_dir: str, vocabulary: str) -> None:
     """Records a data source other than the world (absolute paths)."""
     io_utils.atomic_write_json(os.path.join(self.root, SOURCE_FILE), {
-        'data_dir': os.path.abspath(data_dir), 'vocabulary': os.path.abspath(vocabulary)})
+        'data_dir': io_utils.abspath(data_dir), 'vocabulary': io_utils.abspath(vocabulary)})
 
   @property
   def data(self) -> str:
@@ -62,7 +61,7 @@ class ExperimentDirs:
 
   @property
   def is_world(self) -> bool:
-    return os.path.exists(os.path.join(self.data, 'world.json'))
+    return io_utils.exists(os.path.join(self.data, 'world.json'))
 
   def reward_model(self, prop: str) -> str:
     return os.path.join(self.root, f'rm_{prop}')
@@ -88,16 +87,15 @@ def save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def load_npz(path: str) -> dict[str, np.ndarray]:
-  if not os.path.exists(path):
+  if not io_utils.exists(path):
     raise FileNotFoundError(f'{path} does not exist: build the pools first (lsc-align pools)')
-  with np.load(path) as f:
-    return {k: f[k] for k in f.files}
+  return io_utils.load_npz(path)
 
 
 def canned_response_texts(data_dir: str) -> tuple[str, ...]:
   """The data source's refusal phrases: the world's own, or the HH defaults."""
   world_json = os.path.join(data_dir, 'world.json')
-  if os.path.exists(world_json):
+  if io_utils.exists(world_json):
     from lsc_align.data import world  # pylint: disable=g-import-not-at-top
     return tuple(world.load_config(data_dir).refusal_phrases)
   return DEFAULT_REFUSALS

@@ -113,7 +113,7 @@ def gold_differences(data_dir: str, property_name: str, split: str,
                      num_pairs: int) -> np.ndarray | None:
   """Gold u(y+) − u(y−) of each pair of a world split (file order), or None if not a world."""
   path = os.path.join(data_dir, 'gold.jsonl.gz')
-  if not os.path.exists(path):
+  if not io_utils.exists(path):
     return None
   from lsc_align.data import world  # pylint: disable=g-import-not-at-top
   key = 'h' if property_name == 'helpful' else 's'
@@ -150,9 +150,7 @@ def _write_info(run_dir: str, config: reward_model.RewardModelConfig, info: dict
 
 def reward_model_info(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
   """reward_model.json: model config, vocabulary, property, packing lengths, final step."""
-  path = os.path.join(os.fspath(run_dir), INFO_FILE)
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
+  return json.loads(io_utils.read_text(os.path.join(os.fspath(run_dir), INFO_FILE)))
 
 
 def config_from_dict(config: Mapping[str, Any]) -> reward_model.RewardModelConfig:
@@ -167,7 +165,7 @@ def load_reward_model(run_dir: str | os.PathLike[str]
   """(config, params as numpy) of a finished train-rm run; apply with RewardModel(config)."""
   run_dir = os.fspath(run_dir)
   path = os.path.join(run_dir, PARAMS_FILE)
-  if not os.path.exists(path):
+  if not io_utils.exists(path):
     raise FileNotFoundError(f'{path}: no final reward model (did the run finish?)')
   return config_from_dict(reward_model_info(run_dir)['config']), trainer_utils.load_params(path)
 
@@ -242,7 +240,7 @@ def train_reward_model(
   mesh = partitioning.create_mesh(tuple(mesh_shape))
   trainer_utils.check_batch_sizes(mesh, 'train_reward_model', batch_size=batch_size,
                                   eval_batch_size=eval_batch_size)
-  os.makedirs(run_dir, exist_ok=True)
+  io_utils.makedirs(run_dir)
   cache_dir = cache_dir or os.path.join(run_dir, 'arrays')
   lengths = {'prompt_length': prompt_length, 'response_length': response_length}
   eval_split = data_arrays.validation_split(data_dir,
@@ -305,7 +303,7 @@ def train_reward_model(
       writer.write(step, scalars)
       logging.info('step %d eval: %s', step, scalars)
 
-  info = {'vocabulary': os.path.abspath(vocabulary) if '://' not in vocabulary else vocabulary,
+  info = {'vocabulary': io_utils.abspath(vocabulary),
           'data_dir': data_dir, 'property': property_name, 'max_length': max_length,
           **lengths, 'num_params': trainer_utils.count_params(state.params)}
   gin_utils.write_operative_config(run_dir)

@@ -105,15 +105,14 @@ def nll_metrics(rows: Mapping[str, np.ndarray]) -> dict[str, Any]:
 
 def policy_info(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
   """policy.json: PolicyConfig, vocabulary, prompt/response lengths, final step."""
-  with open(os.path.join(os.fspath(run_dir), INFO_FILE), encoding='utf-8') as f:
-    return json.load(f)
+  return json.loads(io_utils.read_text(os.path.join(os.fspath(run_dir), INFO_FILE)))
 
 
 def load_policy(run_dir: str | os.PathLike[str]) -> tuple[policy.PolicyConfig, dict[str, Any]]:
   """(config, params as numpy) of a finished SFT run: π0 for sampling, PPO and references."""
   run_dir = os.fspath(run_dir)
   path = os.path.join(run_dir, PARAMS_FILE)
-  if not os.path.exists(path):
+  if not io_utils.exists(path):
     raise FileNotFoundError(f'{path}: no final policy (did the run finish?)')
   config = policy.PolicyConfig(**policy_info(run_dir)['config'])
   return config, trainer_utils.load_params(path)
@@ -124,7 +123,7 @@ def world_comparison(data_dir: str, vocabulary: str, split: str, row_nll: Callab
                      eval_batch_size: int, mesh: Any, samples_per_prompt: int,
                      seed: int) -> dict[str, Any] | None:
   """For a world: the collection policy's entropy per token and π0's NLL on its samples."""
-  if not os.path.exists(os.path.join(data_dir, 'world.json')):
+  if not io_utils.exists(os.path.join(data_dir, 'world.json')):
     return None
   from lsc_align.train import world_policy_entropy  # pylint: disable=g-import-not-at-top
   estimate = world_policy_entropy.estimate_from_data(
@@ -213,7 +212,7 @@ def train_sft(
   mesh = partitioning.create_mesh(tuple(mesh_shape))
   trainer_utils.check_batch_sizes(mesh, 'train_sft', batch_size=batch_size,
                                   eval_batch_size=eval_batch_size)
-  os.makedirs(run_dir, exist_ok=True)
+  io_utils.makedirs(run_dir)
   cache_dir = cache_dir or os.path.join(run_dir, 'arrays')
   lengths = {'prompt_length': prompt_length, 'response_length': response_length}
   eval_split = data_arrays.validation_split(data_dir)
@@ -260,7 +259,7 @@ def train_sft(
       writer.write(step, scalars)
       logging.info('step %d eval: %s', step, scalars)
 
-  info = {'vocabulary': os.path.abspath(vocabulary), 'data_dir': data_dir, **lengths,
+  info = {'vocabulary': io_utils.abspath(vocabulary), 'data_dir': data_dir, **lengths,
           'num_params': trainer_utils.count_params(state.params)}
   gin_utils.write_operative_config(run_dir)
   checkpointer = checkpointing.TrainCheckpointer(

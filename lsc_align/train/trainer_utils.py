@@ -164,11 +164,11 @@ def save_params(path: str | os.PathLike[str], params: Any) -> None:
 def load_params(path: str | os.PathLike[str]) -> dict[str, Any]:
   """The nested dict of numpy arrays written by save_params."""
   path = os.fspath(path)
-  with open(path, 'rb') as f:
-    try:
-      return serialization.msgpack_restore(f.read())
-    except Exception as e:  # msgpack raises several types for a corrupt file
-      raise ValueError(f'{path}: not a params msgpack file ({e})') from e
+  data = io_utils.read_bytes(path)
+  try:
+    return serialization.msgpack_restore(data)
+  except Exception as e:  # msgpack raises several types for a corrupt file
+    raise ValueError(f'{path}: not a params msgpack file ({e})') from e
 
 
 def count_params(params: Any) -> int:
