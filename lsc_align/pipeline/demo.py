@@ -1,6 +1,6 @@
 """`lsc-align demo`, `lsc-align reproduce` and the stage commands (pools, bok, optimum, ppo, sweep).
 
-demo (configs/experiments/demo.gin, 5.5 minutes measured on 2 CPU cores): builds the embedded
+demo (configs/experiments/demo.gin, about 4.5 minutes measured on 2 CPU cores): builds the embedded
 world, trains both reward models and π0, samples the pools, runs best-of-k and the closed-form
 optimum for the combined objectives (LSC sum against the weighted raw sum over w), a small PPO
 sweep of raw vs LSC on the combined objective, evaluates everything and writes the report. It
