@@ -25,6 +25,8 @@ from etils import epath
 import jax
 import numpy as np
 
+from lsc_align import io_utils
+
 RESERVED_KEYS = ('step', 'wall_time')
 
 
@@ -78,10 +80,6 @@ def read_metrics(path: str | os.PathLike[str]) -> list[MetricRecord]:
   return records
 
 
-def _is_local(path: epath.Path) -> bool:
-  return '://' not in os.fspath(path)
-
-
 class MetricsWriter:
   """Writes each step's scalars to ``<directory>/metrics.jsonl`` and TensorBoard event files.
 
@@ -110,7 +108,7 @@ class MetricsWriter:
     self._tensorboard = tensorboard
     self._tb_writer = None
     self._purge_step: int | None = None
-    self._append = _is_local(self.directory)
+    self._append = not io_utils.is_url(self.directory)
     self._buffered_rows: list[dict[str, Any]] | None = None
     if self.is_writer:
       self.directory.mkdir(parents=True, exist_ok=True)
@@ -198,10 +196,7 @@ class MetricsWriter:
     return [r.to_json() for r in read_metrics(self.jsonl_path)]
 
   def _rewrite(self, rows: Sequence[Mapping[str, Any]]) -> None:
-    # Write a temporary file and rename, so a reader never sees a half-written file.
-    tmp = self.jsonl_path.parent / f'.{self.jsonl_path.name}.tmp'
-    tmp.write_text(''.join(json.dumps(r, sort_keys=True) + '\n' for r in rows))
-    tmp.replace(self.jsonl_path)
+    io_utils.atomic_write_jsonl(self.jsonl_path, rows)  # readers never see a half-written file
 
 
 def format_duration(seconds: float) -> str:

@@ -76,7 +76,7 @@ def test_truncate_after_drops_later_rows_and_purges_tensorboard(tmp_path):
 
 def test_buffered_mode_for_object_stores(tmp_path, monkeypatch):
   # gs:// cannot append; the writer then rewrites the whole file on flush. Exercise that path.
-  monkeypatch.setattr(metrics, '_is_local', lambda path: False)
+  monkeypatch.setattr(metrics.io_utils, 'is_url', lambda path: True)
   (tmp_path / 'metrics.jsonl').write_text(
       ''.join(json.dumps({'step': s, 'wall_time': 1.0, 'loss': s}) + '\n' for s in (1, 2, 3)))
   writer = metrics.MetricsWriter(tmp_path, is_writer=True, tensorboard=False)

@@ -52,8 +52,6 @@ class EncoderLoadReport:
             f'{len(self.cast_to_float32)} cast to float32')
 
 
-
-
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
   """The whole restored state dict of a legacy T5X checkpoint file.
 

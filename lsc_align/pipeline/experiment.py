@@ -18,8 +18,8 @@ from typing import Any, Mapping, Sequence
 
 import gin
 
-from lsc_align import io_utils
 from lsc_align import gin_utils
+from lsc_align import io_utils
 from lsc_align.pipeline import align
 from lsc_align.pipeline import pools_stage
 from lsc_align.rewards import objectives as objectives_lib

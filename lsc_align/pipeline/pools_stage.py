@@ -184,8 +184,8 @@ def build_pools(exp_dir: str, sizes: PoolSizes | None = None, seed: int = 0,
                 **{f'sft_{k}': v for k, v in _score_all(models, eval_prompts, sft, chunk).items()},
                 **{f'sft_{k}': v for k, v in judge_pool(judge, eval_prompts, sft).items()},
                 **_canned_all(models, data_dir, vocabulary, eval_prompts, chunk)}
-  pools.save_npz(paths['train'], train)
-  pools.save_npz(paths['eval'], evaluation)
+  io_utils.atomic_save_npz(paths['train'], train)
+  io_utils.atomic_save_npz(paths['eval'], evaluation)
   logging.info('pools written in %.1f s', time.time() - start)
   return paths
 

@@ -18,9 +18,10 @@ Everything is keyed by the seed, so the same experiment directory reproduces bit
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +41,9 @@ class ExperimentDirs:
   EXP/experiment.json names another one (an HH-layout directory and its vocabulary)."""
   root: str
 
+  @functools.cached_property
   def _source(self) -> dict[str, str]:
+    """EXP/experiment.json, read once per instance (on a bucket every read is a request)."""
     path = os.path.join(self.root, SOURCE_FILE)
     if not io_utils.exists(path):
       return {}
@@ -48,16 +51,17 @@ class ExperimentDirs:
 
   def set_source(self, data_dir: str, vocabulary: str) -> None:
     """Records a data source other than the world (absolute paths)."""
-    io_utils.atomic_write_json(os.path.join(self.root, SOURCE_FILE), {
-        'data_dir': io_utils.abspath(data_dir), 'vocabulary': io_utils.abspath(vocabulary)})
+    source = {'data_dir': io_utils.abspath(data_dir), 'vocabulary': io_utils.abspath(vocabulary)}
+    io_utils.atomic_write_json(os.path.join(self.root, SOURCE_FILE), source)
+    self.__dict__['_source'] = source  # the cached read (a frozen dataclass has no setattr)
 
   @property
   def data(self) -> str:
-    return self._source().get('data_dir', os.path.join(self.root, 'world'))
+    return self._source.get('data_dir', os.path.join(self.root, 'world'))
 
   @property
   def vocabulary(self) -> str:
-    return self._source().get('vocabulary', os.path.join(self.data, 'vocab.txt'))
+    return self._source.get('vocabulary', os.path.join(self.data, 'vocab.txt'))
 
   @property
   def is_world(self) -> bool:
@@ -79,11 +83,6 @@ class ExperimentDirs:
 
   def run(self, name: str) -> str:
     return os.path.join(self.root, 'runs', name)
-
-
-def save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-  """Atomic .npz write (temporary name, then rename)."""
-  io_utils.atomic_save_npz(path, arrays)
 
 
 def load_npz(path: str) -> dict[str, np.ndarray]:
