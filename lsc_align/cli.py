@@ -70,6 +70,13 @@ COMMANDS: dict[str, Command] = {
                          ('--init_t5x_checkpoint', {
                              'default': None,
                              'help': 'start the encoder from this T5X checkpoint'}))),
+    'rm-diagnose': Command('lsc_align.eval.rm_diagnostics', 'main',
+                           'which gold terms a world reward model gets wrong (JSON)', (
+                               _RUN_DIR,
+                               ('--data', {'default': None,
+                                           'help': 'world directory (default: the run\'s)'}),
+                               ('--split', {'default': 'test'}),
+                           )),
     'sft': Command('lsc_align.train.sft_trainer', 'main',
                    'train the SFT policy pi0 on the SFT task', (_RUN_DIR, _RESUME)),
     'pools': Command('lsc_align.pipeline.demo', 'pools_main',

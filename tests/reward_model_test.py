@@ -122,6 +122,22 @@ def test_bradley_terry_loss_stable_at_huge_margins():
   np.testing.assert_allclose(grad, [0.0, -1.0, 0.0, -1.0])
 
 
+def test_soft_bradley_terry_loss_against_numpy_and_hard_case():
+  chosen = np.array([1.0, -2.0, 0.5, 3.0], np.float32)
+  rejected = np.array([0.0, 1.0, 0.5, -4.0], np.float32)
+  p = np.array([0.9, 0.5, 0.2, 1.0], np.float32)
+  m = chosen.astype(np.float64) - rejected
+  want = p * np.log1p(np.exp(-m)) + (1 - p) * np.log1p(np.exp(m))
+  got = jax.jit(reward_model.soft_bradley_terry_loss)(chosen, rejected, p)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  # p = 1 is the plain BT loss; the minimum over margins sits at logit(p)
+  np.testing.assert_allclose(reward_model.soft_bradley_terry_loss(chosen, rejected, 1.0),
+                             reward_model.bradley_terry_loss(chosen, rejected), rtol=1e-6)
+  grad = jax.grad(lambda x: reward_model.soft_bradley_terry_loss(x, 0.0, 0.8))(
+      jnp.float32(np.log(4.0)))
+  assert abs(float(grad)) < 1e-6
+
+
 def test_pointwise_logistic_loss_against_numpy():
   logits = np.array([-3.0, 0.0, 2.0, 40.0, -1e6], np.float32)
   labels = np.array([0.0, 1.0, 1.0, 0.0, 0.3], np.float32)

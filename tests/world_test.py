@@ -154,6 +154,31 @@ def test_gold_saturates_and_shortcuts_stop_paying():
   assert referral_spam[0] < referral[0]
 
 
+def test_gold_terms_sum_to_the_gold_and_name_each_effect():
+  lexicon = world_gold.build_lexicon(TINY)
+  prompt = 'Human: how do I deal with my rice ? Assistant:'.split()
+  props = world_gold.prompt_properties(lexicon, prompt)
+
+  def terms(response: str) -> dict[str, float]:
+    features = world_gold.response_features(lexicon, props, response.split())
+    got = world_gold.helpfulness_terms(TINY, props, features)
+    assert tuple(got) == world_gold.HELPFULNESS_TERMS
+    assert sum(got.values()) == pytest.approx(world_gold.gold_helpfulness(TINY, props, features))
+    harm = world_gold.harmlessness_terms(TINY, props, features)
+    assert tuple(harm) == world_gold.HARMLESSNESS_TERMS
+    assert sum(harm.values()) == pytest.approx(
+        world_gold.gold_harmlessness(TINY, props, features))
+    return got
+
+  base = terms('try rice and pasta .')
+  assert terms('try rice and laptop .')['off_topic'] == -TINY.off_topic_cost
+  assert terms('try rice and rice .')['repeat'] == -TINY.repeat_cost
+  spam = terms('1. 2. 3. 4. 5. 6. rice pasta . you should talk to a doctor lawyer .')
+  assert spam['list_overuse'] == -2 * TINY.list_overuse_cost
+  assert spam['referral_overuse'] == -TINY.referral_overuse_help_cost
+  assert base['off_topic'] == base['repeat'] == base['list_overuse'] == 0.0
+
+
 def test_gin_files_parse_and_bind(tmp_path):
   try:
     gin_utils.parse(['world/default.gin'], ['WorldConfig.seed = 3'])

@@ -184,37 +184,68 @@ def _saturate(x: float, scale: float) -> float:
   return 1.0 - math.exp(-x / scale)
 
 
+HELPFULNESS_TERMS = ('content', 'off_topic', 'filler', 'repeat', 'refusal', 'list',
+                     'list_overuse', 'referral', 'referral_overuse', 'length', 'turn_markers')
+HARMLESSNESS_TERMS = ('harmful', 'engagement', 'refusal', 'safety', 'referral',
+                      'referral_overuse')
+
+
+def _total(terms: Mapping[str, float]) -> float:
+  """Left-to-right sum, so the total is bit-for-bit the single expression it replaced."""
+  total = 0.0
+  for value in terms.values():
+    total += value
+  return total
+
+
+def helpfulness_terms(config: world_config.WorldConfig, props: PromptProperties,
+                      f: ResponseFeatures) -> dict[str, float]:
+  """The signed terms of h*(x, y) (HELPFULNESS_TERMS order); they sum to gold_helpfulness."""
+  sensitivity = config.topics[props.topic].sensitivity
+  content = _saturate(f.content_gain, config.help_saturation * props.difficulty)
+  return {
+      'content': config.help_max * content,
+      'off_topic': -f.off_topic_loss,
+      'filler': -config.filler_cost * f.fillers,
+      'repeat': -config.repeat_cost * f.repeats,
+      'refusal': -config.refusal_help_cost * _saturate(f.refusals, config.refusal_saturation),
+      'list': config.list_value * min(f.list_markers, config.list_pay_max) * content,
+      'list_overuse': -config.list_overuse_cost * max(f.list_markers - config.list_pay_max, 0),
+      'referral': config.referral_help_value * sensitivity * min(f.professionals, 1),
+      'referral_overuse': -config.referral_overuse_help_cost * max(f.professionals - 1, 0),
+      'length': -config.length_cost * max(f.length - config.length_budget, 0),
+      'turn_markers': -config.turn_marker_cost * f.turns,
+  }
+
+
+def harmlessness_terms(config: world_config.WorldConfig, props: PromptProperties,
+                       f: ResponseFeatures) -> dict[str, float]:
+  """The signed terms of s*(x, y) (HARMLESSNESS_TERMS order); they sum to gold_harmlessness."""
+  sev = props.severity
+  sensitivity = config.topics[props.topic].sensitivity
+  return {
+      'harmful': (-config.harm_max * max(sev, config.harm_floor)
+                  * _saturate(f.harmful, config.harm_saturation)),
+      'engagement': (-config.engagement_harm_cost * sev
+                     * _saturate(f.engagement, config.engagement_saturation)),
+      'refusal': config.refusal_harm_value * sev * _saturate(f.refusals,
+                                                             config.refusal_saturation),
+      'safety': config.safety_value * _saturate(f.safety, config.safety_saturation),
+      'referral': config.referral_harm_value * max(sev, sensitivity) * min(f.professionals, 1),
+      'referral_overuse': -config.referral_overuse_harm_cost * max(f.professionals - 1, 0),
+  }
+
+
 def gold_helpfulness(config: world_config.WorldConfig, props: PromptProperties,
                      f: ResponseFeatures) -> float:
   """h*(x, y); see the module docstring of lsc_align/data/world.py."""
-  sensitivity = config.topics[props.topic].sensitivity
-  content = _saturate(f.content_gain, config.help_saturation * props.difficulty)
-  return (config.help_max * content
-          - f.off_topic_loss
-          - config.filler_cost * f.fillers
-          - config.repeat_cost * f.repeats
-          - config.refusal_help_cost * _saturate(f.refusals, config.refusal_saturation)
-          + config.list_value * min(f.list_markers, config.list_pay_max) * content
-          - config.list_overuse_cost * max(f.list_markers - config.list_pay_max, 0)
-          + config.referral_help_value * sensitivity * min(f.professionals, 1)
-          - config.referral_overuse_help_cost * max(f.professionals - 1, 0)
-          - config.length_cost * max(f.length - config.length_budget, 0)
-          - config.turn_marker_cost * f.turns)
+  return _total(helpfulness_terms(config, props, f))
 
 
 def gold_harmlessness(config: world_config.WorldConfig, props: PromptProperties,
                       f: ResponseFeatures) -> float:
   """s*(x, y); see the module docstring of lsc_align/data/world.py."""
-  sev = props.severity
-  sensitivity = config.topics[props.topic].sensitivity
-  return (-config.harm_max * max(sev, config.harm_floor)
-          * _saturate(f.harmful, config.harm_saturation)
-          - config.engagement_harm_cost * sev
-          * _saturate(f.engagement, config.engagement_saturation)
-          + config.refusal_harm_value * sev * _saturate(f.refusals, config.refusal_saturation)
-          + config.safety_value * _saturate(f.safety, config.safety_saturation)
-          + config.referral_harm_value * max(sev, sensitivity) * min(f.professionals, 1)
-          - config.referral_overuse_harm_cost * max(f.professionals - 1, 0))
+  return _total(harmlessness_terms(config, props, f))
 
 
 def gold_utilities(lexicon: Lexicon, prompt_words: Sequence[str],

@@ -13,6 +13,7 @@ is the decoder-style choice and is kept for comparison.
 
 Losses are pure functions of rewards (no model inside), all returning one value per example:
   bradley_terry_loss    -log σ(r(x, y+) − r(x, y−))              (BT likelihood, DESIGN §1)
+  soft_bradley_terry_loss  the same against a target probability p(y+ > y−)
   pointwise_logistic_loss  binary cross-entropy with r as the logit (u = log σ(r))
   gaussian_regression_loss  squared error of r_mean and of r_std against per-prompt sample
                             mean / std of π0's rewards (r_ref = r_mean + s·r_std)
@@ -175,6 +176,18 @@ def bradley_terry_loss(chosen_rewards: ArrayLike, rejected_rewards: ArrayLike) -
   """
   margin = jnp.asarray(chosen_rewards, jnp.float32) - jnp.asarray(rejected_rewards, jnp.float32)
   return -jax.nn.log_sigmoid(margin)
+
+
+def soft_bradley_terry_loss(chosen_rewards: ArrayLike, rejected_rewards: ArrayLike,
+                            p_chosen: ArrayLike) -> Array:
+  """BT cross-entropy against a target probability p that y+ beats y−, per pair.
+
+  −[p log σ(m) + (1 − p) log σ(−m)], m = r+ − r−. With p = 1 it is `bradley_terry_loss`; with the
+  labelling model's own p (known on the embedded world) it removes the label-sampling noise.
+  """
+  margin = jnp.asarray(chosen_rewards, jnp.float32) - jnp.asarray(rejected_rewards, jnp.float32)
+  p = jnp.asarray(p_chosen, jnp.float32)
+  return -(p * jax.nn.log_sigmoid(margin) + (1.0 - p) * jax.nn.log_sigmoid(-margin))
 
 
 def pairwise_accuracy(chosen_rewards: ArrayLike, rejected_rewards: ArrayLike) -> Array:

@@ -44,6 +44,9 @@ from lsc_align.train import trainer_utils
 PARAMS_FILE = 'rm_final.msgpack'
 INFO_FILE = 'reward_model.json'
 EVAL_FILE = 'eval.json'
+# Training labels on the embedded world: the drawn labels (what a real data set gives), or
+# gold-derived targets that remove label noise, to measure what limits a reward model.
+WORLD_LABELS = ('drawn', 'gold_probability', 'gold_sign')
 
 
 def pack_pairs(arrays: Mapping[str, np.ndarray], max_length: int,
@@ -61,7 +64,9 @@ def pack_pairs(arrays: Mapping[str, np.ndarray], max_length: int,
 def make_train_step(model: reward_model.RewardModel, learning_rate: optax.Schedule
                     ) -> Callable[[loop.TrainState, Mapping[str, jax.Array]],
                                   tuple[loop.TrainState, dict[str, jax.Array]]]:
-  """(state, {'chosen', 'rejected'} [B, L]) -> (state, metrics): one BT update.
+  """(state, {'chosen', 'rejected'} [B, L], optional 'p_chosen' [B]) -> (state, metrics).
+
+  One BT update; with 'p_chosen' the loss is the BT cross-entropy against that probability.
 
   Dropout keys are fold_in(state.rng, step), so a resumed run draws the same masks.
   """
@@ -73,7 +78,11 @@ def make_train_step(model: reward_model.RewardModel, learning_rate: optax.Schedu
       chosen, rejected = reward_model.pair_rewards(
           model, {'params': params}, batch['chosen'], batch['rejected'], deterministic=False,
           rngs={'dropout': dropout_key})
-      return jnp.mean(reward_model.bradley_terry_loss(chosen, rejected)), (chosen, rejected)
+      if 'p_chosen' in batch:  # gold targets (world_labels); absent for the drawn labels
+        loss = reward_model.soft_bradley_terry_loss(chosen, rejected, batch['p_chosen'])
+      else:
+        loss = reward_model.bradley_terry_loss(chosen, rejected)
+      return jnp.mean(loss), (chosen, rejected)
 
     (loss, (chosen, rejected)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     metrics = {'loss': loss, 'accuracy': reward_model.pairwise_accuracy(chosen, rejected),
@@ -109,22 +118,54 @@ def pair_metrics(chosen: np.ndarray, rejected: np.ndarray) -> dict[str, Any]:
           'reward_std': float(np.std(np.concatenate([chosen, rejected])))}
 
 
-def gold_differences(data_dir: str, property_name: str, split: str,
-                     num_pairs: int) -> np.ndarray | None:
-  """Gold u(y+) − u(y−) of each pair of a world split (file order), or None if not a world."""
+def _gold_rows(data_dir: str, property_name: str, split: str) -> list[dict[str, Any]] | None:
+  """gold.jsonl.gz rows of a world split in file order, or None if data_dir is not a world."""
   path = os.path.join(data_dir, 'gold.jsonl.gz')
   if not io_utils.exists(path):
     return None
   from lsc_align.data import world  # pylint: disable=g-import-not-at-top
-  key = 'h' if property_name == 'helpful' else 's'
-  rows = sorted((r for r in world.read_jsonl_gz(path)
+  return sorted((r for r in world.read_jsonl_gz(path)
                  if r['property'] == property_name and r['split'] == split),
                 key=lambda r: r['index'])
-  if len(rows) != num_pairs:
-    logging.warning('%s: %d gold rows for %s/%s but %d pairs; no gold comparison', path,
-                    len(rows), property_name, split, num_pairs)
+
+
+def gold_differences(data_dir: str, property_name: str, split: str,
+                     num_pairs: int) -> np.ndarray | None:
+  """Gold u(y+) − u(y−) of each pair of a world split (file order), or None if not a world."""
+  rows = _gold_rows(data_dir, property_name, split)
+  if rows is None:
     return None
+  if len(rows) != num_pairs:
+    logging.warning('%s/gold.jsonl.gz: %d gold rows for %s/%s but %d pairs; no gold comparison',
+                    data_dir, len(rows), property_name, split, num_pairs)
+    return None
+  key = 'h' if property_name == 'helpful' else 's'
   return np.array([r[f'{key}_chosen'] - r[f'{key}_rejected'] for r in rows])
+
+
+def gold_targets(data_dir: str, property_name: str, split: str, num_pairs: int,
+                 world_labels: str) -> np.ndarray:
+  """p(y+ > y−) per training pair for `world_labels` 'gold_probability' or 'gold_sign'.
+
+  'gold_probability' is the labelling model's own BT probability (the expectation of the drawn
+  label); 'gold_sign' is 1 / 0 / ½ by the sign of the gold difference (noise-free labels).
+
+  Raises:
+    ValueError: an unknown mode, or data_dir is not a world with gold for every pair.
+  """
+  if world_labels not in WORLD_LABELS[1:]:
+    raise ValueError(f'train_reward_model.world_labels {world_labels!r} must be one of '
+                     f'{WORLD_LABELS}')
+  rows = _gold_rows(data_dir, property_name, split)
+  if rows is None or len(rows) != num_pairs:
+    raise ValueError(f'train_reward_model.world_labels = {world_labels!r} needs an embedded world '
+                     f'with gold for each of the {num_pairs} {split} pairs; {data_dir} has '
+                     f'{"no gold.jsonl.gz" if rows is None else f"{len(rows)} gold rows"}')
+  if world_labels == 'gold_probability':
+    return np.array([r['p_chosen'] for r in rows], np.float32)
+  key = 'h' if property_name == 'helpful' else 's'
+  diff = np.array([r[f'{key}_chosen'] - r[f'{key}_rejected'] for r in rows])
+  return np.where(np.isclose(diff, 0.0), 0.5, (diff > 0).astype(np.float64)).astype(np.float32)
 
 
 def gold_metrics(chosen: np.ndarray, rejected: np.ndarray, gold_diff: np.ndarray) -> dict[str, Any]:
@@ -197,6 +238,7 @@ def train_reward_model(
     init_t5x_checkpoint: str | None = None,
     cache_dir: str | None = None,
     max_train_pairs: int | None = None,
+    world_labels: str = 'drawn',
 ) -> loop.TrainResult:
   """Trains a BT reward model for one property; writes the run directory (module docstring).
 
@@ -222,6 +264,9 @@ def train_reward_model(
     init_t5x_checkpoint: start the encoder from a T5X checkpoint of the same sizes.
     cache_dir: tokenised-array cache; default <run_dir>/arrays.
     max_train_pairs: use only the first this many training pairs (small runs, tests).
+    world_labels: 'drawn' (default), or on the embedded world 'gold_probability' / 'gold_sign'
+      (`gold_targets`): a diagnostic of label noise; such a model is no proxy reward, since it
+      has seen the gold.
 
   Returns:
     The loop's TrainResult (exit_code 75 after a preemption save).
@@ -248,9 +293,17 @@ def train_reward_model(
   raw = {split: data_arrays.pair_arrays(data_dir, vocabulary, property_name, split,
                                         cache_dir=cache_dir, **lengths)
          for split in ('train', eval_split)}
+  targets = None
+  if world_labels != 'drawn':
+    logging.warning('train_reward_model.world_labels = %r: this model learns from the gold, '
+                    'a diagnostic, not a proxy reward', world_labels)
+    targets = gold_targets(data_dir, property_name, 'train', len(raw['train']['prompt_ids']),
+                           world_labels)
   if max_train_pairs is not None:
     raw['train'] = {k: v[:max_train_pairs] for k, v in raw['train'].items()}
   train_pairs = pack_pairs(raw['train'], max_length, response_length)
+  if targets is not None:
+    train_pairs['p_chosen'] = targets[:len(train_pairs['chosen'])]
   eval_pairs = pack_pairs(raw[eval_split], max_length, response_length)
   truncation = {f'{split}_{name}_full_rows': data_arrays.full_rows(ids)
                 for split, arrays in raw.items() for name, ids in arrays.items()}
@@ -305,7 +358,8 @@ def train_reward_model(
 
   info = {'vocabulary': io_utils.abspath(vocabulary),
           'data_dir': data_dir, 'property': property_name, 'max_length': max_length,
-          **lengths, 'num_params': trainer_utils.count_params(state.params)}
+          **lengths, 'num_params': trainer_utils.count_params(state.params),
+          'world_labels': world_labels}
   gin_utils.write_operative_config(run_dir)
   checkpointer = checkpointing.TrainCheckpointer(
       os.path.join(run_dir, 'checkpoints'), save_interval_steps=checkpoint_every, max_to_keep=2)
@@ -327,7 +381,8 @@ def train_reward_model(
   summary = {'property': property_name, 'split': eval_split, 'step': result.step,
              'train_pairs': len(train_pairs['chosen']), **final,
              'final_train_metrics': result.last_metrics, 'truncation': truncation,
-             'num_params': info['num_params'], 'seconds': round(time.time() - start_time, 1),
+             'num_params': info['num_params'], 'world_labels': world_labels,
+             'seconds': round(time.time() - start_time, 1),
              'resumed_from_step': result.start_step}
   io_utils.atomic_write_json(os.path.join(run_dir, EVAL_FILE), summary)
   gin_utils.write_operative_config(run_dir)
