@@ -156,6 +156,23 @@ def read_jsonl_gz(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
   return rows
 
 
+def read_gold_rows(data_dir: str | os.PathLike[str], property_name: str,
+                   split: str) -> list[dict[str, Any]] | None:
+  """gold.jsonl.gz rows of one property and split in file order; None if not a world dir."""
+  path = os.path.join(os.fspath(data_dir), 'gold.jsonl.gz')
+  if not io_utils.exists(path):
+    return None
+  return sorted((r for r in read_jsonl_gz(path)
+                 if r['property'] == property_name and r['split'] == split),
+                key=lambda r: r['index'])
+
+
+def gold_differences(rows: Iterable[dict[str, Any]], property_name: str) -> np.ndarray:
+  """u(y+) − u(y−) of gold rows: h* for 'helpful', s* for 'harmless'."""
+  key = 'h' if property_name == 'helpful' else 's'
+  return np.array([r[f'{key}_chosen'] - r[f'{key}_rejected'] for r in rows], np.float64)
+
+
 def _gold_row(index: int, pair: WorldPair) -> dict[str, Any]:
   return {
       'property': pair.property, 'split': pair.split, 'index': index,

@@ -48,7 +48,8 @@ def term_differences(data_dir: str | os.PathLike[str], property_name: str, split
   if property_name not in world.PROPERTIES:
     raise ValueError(f'property {property_name!r} must be one of {world.PROPERTIES}')
   gold_path = os.path.join(data_dir, 'gold.jsonl.gz')
-  if not io_utils.exists(gold_path):
+  gold = world.read_gold_rows(data_dir, property_name, split)
+  if gold is None:
     raise ValueError(f'{data_dir}: no gold.jsonl.gz; term diagnostics need an embedded world')
   config = world.load_config(data_dir)
   lexicon = world_gold.build_lexicon(config)
@@ -56,23 +57,19 @@ def term_differences(data_dir: str | os.PathLike[str], property_name: str, split
   names = world_gold.HELPFULNESS_TERMS if helpful else world_gold.HARMLESSNESS_TERMS
   terms_fn = world_gold.helpfulness_terms if helpful else world_gold.harmlessness_terms
   rows = world_stats._load(data_dir, property_name, split)  # pylint: disable=protected-access
-  gold = sorted((r for r in world.read_jsonl_gz(gold_path)
-                 if r['property'] == property_name and r['split'] == split),
-                key=lambda r: r['index'])
   if len(gold) != len(rows):
     raise ValueError(f'{gold_path}: {len(gold)} gold rows for {property_name}/{split} but '
                      f'{len(rows)} pairs')
-  key = 'h' if helpful else 's'
+  expected = world.gold_differences(gold, property_name)
   diffs = np.zeros((len(rows), len(names)))
-  for i, (row, gold_row) in enumerate(zip(rows, gold)):
+  for i, row in enumerate(rows):
     props = world_gold.prompt_properties(lexicon, row['prompt'])
     sides = [terms_fn(config, props, world_gold.response_features(lexicon, props, row[side]))
              for side in ('chosen', 'rejected')]
     diffs[i] = [sides[0][n] - sides[1][n] for n in names]
-    expected = gold_row[f'{key}_chosen'] - gold_row[f'{key}_rejected']
-    if not np.isclose(diffs[i].sum(), expected, atol=1e-6):
+    if not np.isclose(diffs[i].sum(), expected[i], atol=1e-6):
       raise ValueError(f'{gold_path}: pair {i} of {property_name}/{split} has gold difference '
-                       f'{expected:.6f} but its words give {diffs[i].sum():.6f}')
+                       f'{expected[i]:.6f} but its words give {diffs[i].sum():.6f}')
   return tuple(names), diffs
 
 

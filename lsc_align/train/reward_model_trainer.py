@@ -118,29 +118,18 @@ def pair_metrics(chosen: np.ndarray, rejected: np.ndarray) -> dict[str, Any]:
           'reward_std': float(np.std(np.concatenate([chosen, rejected])))}
 
 
-def _gold_rows(data_dir: str, property_name: str, split: str) -> list[dict[str, Any]] | None:
-  """gold.jsonl.gz rows of a world split in file order, or None if data_dir is not a world."""
-  path = os.path.join(data_dir, 'gold.jsonl.gz')
-  if not io_utils.exists(path):
-    return None
-  from lsc_align.data import world  # pylint: disable=g-import-not-at-top
-  return sorted((r for r in world.read_jsonl_gz(path)
-                 if r['property'] == property_name and r['split'] == split),
-                key=lambda r: r['index'])
-
-
 def gold_differences(data_dir: str, property_name: str, split: str,
                      num_pairs: int) -> np.ndarray | None:
   """Gold u(y+) − u(y−) of each pair of a world split (file order), or None if not a world."""
-  rows = _gold_rows(data_dir, property_name, split)
+  from lsc_align.data import world  # pylint: disable=g-import-not-at-top
+  rows = world.read_gold_rows(data_dir, property_name, split)
   if rows is None:
     return None
   if len(rows) != num_pairs:
     logging.warning('%s/gold.jsonl.gz: %d gold rows for %s/%s but %d pairs; no gold comparison',
                     data_dir, len(rows), property_name, split, num_pairs)
     return None
-  key = 'h' if property_name == 'helpful' else 's'
-  return np.array([r[f'{key}_chosen'] - r[f'{key}_rejected'] for r in rows])
+  return world.gold_differences(rows, property_name)
 
 
 def gold_targets(data_dir: str, property_name: str, split: str, num_pairs: int,
@@ -156,15 +145,15 @@ def gold_targets(data_dir: str, property_name: str, split: str, num_pairs: int,
   if world_labels not in WORLD_LABELS[1:]:
     raise ValueError(f'train_reward_model.world_labels {world_labels!r} must be one of '
                      f'{WORLD_LABELS}')
-  rows = _gold_rows(data_dir, property_name, split)
+  from lsc_align.data import world  # pylint: disable=g-import-not-at-top
+  rows = world.read_gold_rows(data_dir, property_name, split)
   if rows is None or len(rows) != num_pairs:
     raise ValueError(f'train_reward_model.world_labels = {world_labels!r} needs an embedded world '
                      f'with gold for each of the {num_pairs} {split} pairs; {data_dir} has '
                      f'{"no gold.jsonl.gz" if rows is None else f"{len(rows)} gold rows"}')
   if world_labels == 'gold_probability':
     return np.array([r['p_chosen'] for r in rows], np.float32)
-  key = 'h' if property_name == 'helpful' else 's'
-  diff = np.array([r[f'{key}_chosen'] - r[f'{key}_rejected'] for r in rows])
+  diff = world.gold_differences(rows, property_name)
   return np.where(np.isclose(diff, 0.0), 0.5, (diff > 0).astype(np.float64)).astype(np.float32)
 
 
