@@ -42,7 +42,8 @@ def split_dialogue(text: str, source: str = '') -> tuple[list[str], list[str]]:
   return (head + sep).split(), tail.split()
 
 
-def _load(data_dir: str, property_name: str, split: str) -> list[dict[str, Any]]:
+def read_pairs(data_dir: str, property_name: str, split: str) -> list[dict[str, Any]]:
+  """{'prompt', 'chosen', 'rejected'} word lists of a world split, in file order."""
   path = os.path.join(data_dir, world.PROPERTY_DIRS[property_name], f'{split}.jsonl.gz')
   rows = []
   for number, row in enumerate(world.read_jsonl_gz(path), start=1):
@@ -220,7 +221,7 @@ def world_stats(data_dir: str) -> dict[str, Any]:
   gold = world.read_jsonl_gz(os.path.join(data_dir, 'gold.jsonl.gz'))
   stats: dict[str, Any] = {'vocab_size': vocabulary.size}
   for property_name in world.PROPERTIES:
-    rows = {split: _load(data_dir, property_name, split) for split in world.SPLITS}
+    rows = {split: read_pairs(data_dir, property_name, split) for split in world.SPLITS}
     gold_rows = {split: sorted((g for g in gold if g['property'] == property_name
                                 and g['split'] == split), key=lambda g: g['index'])
                  for split in world.SPLITS}

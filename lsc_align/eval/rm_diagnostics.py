@@ -56,7 +56,7 @@ def term_differences(data_dir: str | os.PathLike[str], property_name: str, split
   helpful = property_name == 'helpful'
   names = world_gold.HELPFULNESS_TERMS if helpful else world_gold.HARMLESSNESS_TERMS
   terms_fn = world_gold.helpfulness_terms if helpful else world_gold.harmlessness_terms
-  rows = world_stats._load(data_dir, property_name, split)  # pylint: disable=protected-access
+  rows = world_stats.read_pairs(data_dir, property_name, split)
   if len(gold) != len(rows):
     raise ValueError(f'{gold_path}: {len(gold)} gold rows for {property_name}/{split} but '
                      f'{len(rows)} pairs')
@@ -70,7 +70,7 @@ def term_differences(data_dir: str | os.PathLike[str], property_name: str, split
     if not np.isclose(diffs[i].sum(), expected[i], atol=1e-6):
       raise ValueError(f'{gold_path}: pair {i} of {property_name}/{split} has gold difference '
                        f'{expected[i]:.6f} but its words give {diffs[i].sum():.6f}')
-  return tuple(names), diffs
+  return names, diffs
 
 
 def _share(mask: np.ndarray) -> float | None:
@@ -79,6 +79,24 @@ def _share(mask: np.ndarray) -> float | None:
 
 def _complement(share: float | None) -> float | None:
   return None if share is None else 1.0 - share
+
+
+def gold_metrics(margins: np.ndarray, gold_diff: np.ndarray) -> dict[str, Any]:
+  """How the labels and the model's margins r+ − r− compare with the gold preference.
+
+  `gold_label_agreement` (ties 1/2) is the Bayes accuracy: no reward model can expect to beat
+  it on these labels. `model_gold_agreement` is over pairs with a gold difference (None if
+  there are none).
+  """
+  from lsc_align.train import trainer_utils  # pylint: disable=g-import-not-at-top
+  gold_diff = np.asarray(gold_diff, np.float64)
+  tie = np.isclose(gold_diff, 0.0)
+  label_agreement = np.where(tie, 0.5, (gold_diff > 0).astype(float))
+  low, high = trainer_utils.wilson_interval(float(label_agreement.sum()), len(label_agreement))
+  agrees = np.sign(np.asarray(margins)[~tie]) == np.sign(gold_diff[~tie])
+  return {'gold_label_agreement': float(label_agreement.mean()),
+          'gold_label_agreement_ci95': [low, high], 'gold_tie_share': float(tie.mean()),
+          'model_gold_agreement': float(agrees.mean()) if agrees.size else None}
 
 
 def diagnose(margins: np.ndarray, term_diffs: np.ndarray, names: Sequence[str]
@@ -107,12 +125,8 @@ def diagnose(margins: np.ndarray, term_diffs: np.ndarray, names: Sequence[str]
   tie = np.isclose(gold, 0.0)
   correct = np.where(margins > 0, 1.0, np.where(margins == 0, 0.5, 0.0))
   disagrees = (np.sign(margins) != np.sign(gold)) & ~tie
-  out: dict[str, Any] = {
-      'pairs': int(len(margins)),
-      'accuracy': float(correct.mean()),
-      'gold_label_agreement': float(np.where(tie, 0.5, gold > 0).mean()),
-      'model_gold_agreement': _complement(_share(disagrees[~tie])),
-  }
+  out: dict[str, Any] = {'pairs': int(len(margins)), 'accuracy': float(correct.mean()),
+                         **gold_metrics(margins, gold)}
   edges = np.quantile(np.abs(gold[~tie]), [0.25, 0.5, 0.75]) if (~tie).any() else np.zeros(3)
   bins = np.digitize(np.abs(gold), edges)
   out['gold_quartile_edges'] = [float(e) for e in edges]

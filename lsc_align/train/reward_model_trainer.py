@@ -34,6 +34,7 @@ from lsc_align import gin_utils
 from lsc_align import io_utils
 from lsc_align import metrics as metrics_lib
 from lsc_align import partitioning
+from lsc_align.eval import rm_diagnostics
 from lsc_align.models import reward_model
 from lsc_align.models import t5_encoder
 from lsc_align.models import t5x_checkpoint
@@ -157,22 +158,6 @@ def gold_targets(data_dir: str, property_name: str, split: str, num_pairs: int,
   return np.where(np.isclose(diff, 0.0), 0.5, (diff > 0).astype(np.float64)).astype(np.float32)
 
 
-def gold_metrics(chosen: np.ndarray, rejected: np.ndarray, gold_diff: np.ndarray) -> dict[str, Any]:
-  """How the labels and the model compare with the gold preference on the same pairs.
-
-  `gold_label_agreement` (ties 1/2) is the Bayes accuracy: no reward model can expect to beat
-  it on these labels. `model_gold_agreement` is over pairs with a gold difference.
-  """
-  tie = np.isclose(gold_diff, 0.0)
-  label_agreement = np.where(tie, 0.5, (gold_diff > 0).astype(float))
-  low, high = trainer_utils.wilson_interval(float(label_agreement.sum()), len(label_agreement))
-  margin = chosen - rejected
-  agrees = np.sign(margin[~tie]) == np.sign(gold_diff[~tie])
-  return {'gold_label_agreement': float(label_agreement.mean()),
-          'gold_label_agreement_ci95': [low, high], 'gold_tie_share': float(tie.mean()),
-          'model_gold_agreement': float(agrees.mean()) if agrees.size else float('nan')}
-
-
 def _write_info(run_dir: str, config: reward_model.RewardModelConfig, info: dict[str, Any]):
   io_utils.atomic_write_json(os.path.join(run_dir, INFO_FILE),
                              {'config': dataclasses.asdict(config), **info})
@@ -263,6 +248,9 @@ def train_reward_model(
   start_time = time.time()
   run_dir = os.fspath(run_dir)
   data_dir = os.fspath(data_dir)
+  if world_labels not in WORLD_LABELS:  # before any data is read or tokenised
+    raise ValueError(f'train_reward_model.world_labels {world_labels!r} must be one of '
+                     f'{WORLD_LABELS}')
   if property_name not in data_arrays.PROPERTY_SUBSETS:
     raise ValueError(f'train_reward_model.property_name {property_name!r} must be one of '
                      f'{sorted(data_arrays.PROPERTY_SUBSETS)}')
@@ -333,7 +321,8 @@ def train_reward_model(
                                           eval_batch_size, mesh)
     result = pair_metrics(rewards['chosen'], rewards['rejected'])
     if gold_diff is not None:
-      result.update(gold_metrics(rewards['chosen'], rewards['rejected'], gold_diff))
+      result.update(rm_diagnostics.gold_metrics(rewards['chosen'] - rewards['rejected'],
+                                                gold_diff))
     return result
 
   writer = metrics_lib.MetricsWriter(run_dir)
