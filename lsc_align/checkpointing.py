@@ -99,7 +99,9 @@ class TrainCheckpointer:
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f'max_to_keep must be >= 1 or None, got {max_to_keep}')
     require_gcs_client(directory)
-    self.directory = epath.Path(directory)
+    # Orbax (tensorstore) needs an absolute path; a user's relative run directory is resolved.
+    directory = os.fspath(directory)
+    self.directory = epath.Path(directory if '://' in directory else os.path.abspath(directory))
     self.save_interval_steps = save_interval_steps
     self.max_to_keep = max_to_keep
     options = ocp.CheckpointManagerOptions(

@@ -3,14 +3,23 @@
 Every sub-command takes `--gin_file` (repeatable; a path, or a name relative to configs/) and
 `--gin_param` (repeatable bindings such as `train_reward_model.steps = 200`). Modules are
 imported only when their command runs, so `lsc-align --help` stays fast.
+
+Paths given as flags may be relative to the working directory; they are made absolute here
+(URLs such as gs://... pass unchanged), and path-valued gin bindings are made absolute by the
+functions that take them. A user error (bad data, a bad path, flag or gin binding, an
+out-of-range value, a missing checkpoint) ends with exit status 2 and one line,
+`lsc-align <command>: error: ...`; `--debug` (or LSC_ALIGN_DEBUG=1) shows the traceback.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import importlib
+import os
 import sys
 from typing import Any, Sequence
+
+from lsc_align import io_utils
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,15 +40,27 @@ CONFIGURABLE_MODULES = ('lsc_align.data.world_config', 'lsc_align.data.world',
                         'lsc_align.pipeline.align', 'lsc_align.pipeline.experiment',
                         'lsc_align.pipeline.demo')
 
-_RUN_DIR = ('--run_dir', {'required': True, 'help': 'run directory (checkpoints, metrics, ...)'})
+EXIT_USER_ERROR = 2  # as argparse's own usage errors
+DEBUG_ENV = 'LSC_ALIGN_DEBUG'
+
+
+def _path(flag: str, **kwargs: Any) -> tuple[str, dict[str, Any]]:
+  """A path flag: relative to the working directory as typed, absolute once parsed."""
+  return flag, {**kwargs, 'type': io_utils.abspath}
+
+
+_RUN_DIR = _path('--run_dir', required=True, help='run directory (checkpoints, metrics, ...)')
 _RESUME = ('--resume', {'action': 'store_true', 'help': 'continue from the latest checkpoint'})
+_LENIENT = ('--lenient', {'action': 'store_true', 'default': None,
+                          'help': 'skip bad data lines (counted, listed in the output directory) '
+                                  'instead of stopping at the first'})
 
 def _launch_flags() -> tuple[tuple[str, dict[str, Any]], ...]:
   from launch import tpu  # pylint: disable=g-import-not-at-top  (standard library only)
   return tpu.FLAGS
 
 
-_EXP_DIR = ('--exp_dir', {'required': True, 'help': 'experiment directory (lsc_align.train.pools)'})
+_EXP_DIR = _path('--exp_dir', required=True, help='experiment directory (lsc_align.train.pools)')
 _OBJECTIVE = ('--objective', {'required': True,
                               'help': 'objective name under configs/objectives/, or a .gin path'})
 
@@ -48,14 +69,14 @@ COMMANDS: dict[str, Command] = {
                        'print the reward library on the paper\'s worked examples'),
     'world': Command('lsc_align.data.world', 'main',
                      'write the embedded preference world (HH layout) to --out',
-                     (('--out', {'required': True, 'help': 'output directory'}),)),
+                     (_path('--out', required=True, help='output directory'),)),
     'world-stats': Command('lsc_align.data.world_stats', 'stats_main',
                            'print the world\'s measured properties (Bayes accuracy, ...)',
-                           (('--data', {'required': True, 'help': 'world directory'}),)),
+                           (_path('--data', required=True, help='world directory'),)),
     'vocab': Command('lsc_align.data.vocab', 'main',
                      'train a SentencePiece vocabulary on HH-layout training text', (
-                         ('--data_dir', {'required': True}),
-                         ('--out', {'required': True, 'help': 'path of the .model file'}),
+                         _path('--data_dir', required=True),
+                         _path('--out', required=True, help='path of the .model file'),
                          ('--vocab_size', {'type': int, 'default': 8000}),
                          ('--subsets', {'default': 'helpful-base,harmless-base'}),
                          ('--split', {'default': 'train'}),
@@ -63,25 +84,25 @@ COMMANDS: dict[str, Command] = {
                                            'choices': ('unigram', 'bpe')}),
                          ('--character_coverage', {'type': float, 'default': 0.9995}),
                          ('--num_threads', {'type': int, 'default': 1}),
+                         _LENIENT,
                      )),
     'train-rm': Command('lsc_align.train.reward_model_trainer', 'main',
                         'train a Bradley-Terry reward model for one property',
-                        (_RUN_DIR, _RESUME,
-                         ('--init_t5x_checkpoint', {
-                             'default': None,
-                             'help': 'start the encoder from this T5X checkpoint'}))),
+                        (_RUN_DIR, _RESUME, _LENIENT,
+                         _path('--init_t5x_checkpoint', default=None,
+                               help='start the encoder from this T5X checkpoint'))),
     'rm-diagnose': Command('lsc_align.eval.rm_diagnostics', 'main',
                            'which gold terms a world reward model gets wrong (JSON)', (
                                _RUN_DIR,
-                               ('--data', {'default': None,
-                                           'help': 'world directory (default: the run\'s)'}),
+                               _path('--data', default=None,
+                                     help='world directory (default: the run\'s)'),
                                ('--split', {'default': 'test'}),
                            )),
     'sft': Command('lsc_align.train.sft_trainer', 'main',
-                   'train the SFT policy pi0 on the SFT task', (_RUN_DIR, _RESUME)),
+                   'train the SFT policy pi0 on the SFT task', (_RUN_DIR, _RESUME, _LENIENT)),
     'pools': Command('lsc_align.pipeline.demo', 'pools_main',
                      'world, reward models, pi0 and the pi0 sample pools of an experiment',
-                     (_EXP_DIR,)),
+                     (_EXP_DIR, _LENIENT)),
     'bok': Command('lsc_align.pipeline.demo', 'bok_main',
                    'best-of-k for each k of run_best_of_k.ks on an experiment\'s pool',
                    (_EXP_DIR, _OBJECTIVE)),
@@ -95,12 +116,13 @@ COMMANDS: dict[str, Command] = {
                        ('--alpha', {'type': float, 'default': None,
                                     'help': 'alpha = gamma / (1 + gamma)'}),
                        ('--seed', {'type': int, 'default': None}),
-                       ('--run_dir', {'default': None,
-                                      'help': 'default EXP/runs/ppo_<objective>_g<gamma>_s<seed>'}),
+                       _path('--run_dir', default=None,
+                             help='default EXP/runs/ppo_<objective>_g<gamma>_s<seed>'),
+                       importlib.import_module('lsc_align.pipeline.ppo_flags').LEARNER_FLAG,
                    )),
     'eval': Command('lsc_align.pipeline.demo', 'eval_main',
                     'evaluate a PPO run directory from its checkpoint (win rates, KL, shortcuts)',
-                    (('--run_dir', {'required': True}),
+                    (_path('--run_dir', required=True),
                      ('--step', {'type': int, 'default': None,
                                  'help': 'checkpoint step (default: the latest)'}))),
     'sweep': Command('lsc_align.pipeline.demo', 'sweep_main',
@@ -108,20 +130,19 @@ COMMANDS: dict[str, Command] = {
                      (_EXP_DIR,)),
     'demo': Command('lsc_align.pipeline.demo', 'demo_main',
                     'the main job: world, reward models, pi0, best-of-k, PPO raw vs LSC, report',
-                    (('--out', {'default': 'lsc_demo', 'help': 'experiment directory'}),),
+                    (_path('--out', default='lsc_demo', help='experiment directory'),),
                     ('experiments/demo.gin',)),
     'reproduce': Command('lsc_align.pipeline.demo', 'reproduce_main',
                          'the paper\'s experiments on the world, several seeds, with the report',
-                         (('--out', {'default': 'lsc_reproduce',
-                                     'help': 'experiment directory'}),),
+                         (_path('--out', default='lsc_reproduce', help='experiment directory'),),
                          ('experiments/reproduce.gin',)),
     'launch': Command('launch.tpu', 'main',
                       'create / install / run / delete TPU VMs; sweeps per point or sequential',
                       _launch_flags()),
     'report': Command('lsc_align.eval.report', 'main',
                       'write report.md and figures from the eval results of a sweep', (
-                          ('--sweep_dir', {'required': True}),
-                          ('--out_dir', {'default': None}),
+                          _path('--sweep_dir', required=True),
+                          _path('--out_dir', default=None),
                           ('--matched_kl', {'type': float, 'default': None}),
                           ('--comparison_kls', {'type': float, 'nargs': '+', 'default': None}),
                       )),
@@ -137,14 +158,70 @@ def build_parser() -> argparse.ArgumentParser:
                    help='gin file (path, or name under configs/); repeatable')
     p.add_argument('--gin_param', action='append', default=[],
                    help='gin binding, e.g. "ppo.gamma = 0.05"; repeatable')
+    p.add_argument('--debug', action='store_true',
+                   help=f'show the traceback of an error (also: {DEBUG_ENV}=1)')
     for flag, kwargs in command.flags:
       p.add_argument(flag, **kwargs)
     p.set_defaults(_command=command)
   return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
+_PROJECT_ROOTS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), d)
+                      + os.sep for d in ('lsc_align', 'launch'))
+_STDLIB = os.path.dirname(os.__file__) + os.sep
+_SITE_PACKAGES = ('site-packages', 'dist-packages')
+
+
+def _raised_here(error: BaseException) -> bool:
+  """Whether the innermost frame that raised `error`, not counting the standard library, is this
+  project's code (lsc_align, launch).
+
+  Errors the project raises on purpose (or lets os/json raise on a bad path or file) name what
+  is wrong; the same exception types raised inside a library (jax, orbax, ...) are bugs to show
+  in full.
+  """
+  frames = []
+  tb = error.__traceback__
+  while tb is not None:
+    name = tb.tb_frame.f_code.co_filename
+    frames.append(name if name.startswith('<') else os.path.abspath(name))  # '<frozen os>'
+    tb = tb.tb_next
+  for path in reversed(frames):
+    if path.startswith(_PROJECT_ROOTS):
+      return True
+    is_stdlib = path.startswith(_STDLIB) and not any(d in path for d in _SITE_PACKAGES)
+    if not is_stdlib and not path.startswith('<'):  # a third-party library raised it
+      return False
+  return False
+
+
+# What a user can cause and fix: bad input, paths, flags, bindings, values; missing files.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+               IsADirectoryError, PermissionError, FloatingPointError, ImportError)
+_GIN_REQUIRED = 'Required bindings for'
+
+
+def is_user_error(error: BaseException) -> bool:
+  """A deliberate, explained error of this project (shown as one line) rather than a bug."""
+  if isinstance(error, RuntimeError) and str(error).startswith(_GIN_REQUIRED):
+    return True  # gin: a gin.REQUIRED parameter nobody bound
+  return isinstance(error, USER_ERRORS) and _raised_here(error)
+
+
+def error_message(error: BaseException) -> str:
+  """The error's text on one line (gin appends "In call to configurable ..." lines)."""
+  lines = [line.strip() for line in str(error).splitlines()]
+  lines = [line for line in lines if line and not line.startswith('In call to configurable')]
+  text = ' '.join(lines) or type(error).__name__
+  if isinstance(error, OSError) and error.filename and error.strerror:
+    text = f'{error.filename}: {error.strerror}'
+  if text.startswith(_GIN_REQUIRED):  # "... for `fn` not provided in config: ['a', 'b']"
+    text += ('; bind them with --gin_param "FUNCTION.NAME = VALUE" or a --gin_file that '
+             'does')
+  return text
+
+
+def _run(args: argparse.Namespace) -> int:
   command: Command = args._command  # pylint: disable=protected-access
   if command.module.startswith('lsc_align.'):  # jobs, not the launcher
     from lsc_align import distributed  # pylint: disable=g-import-not-at-top
@@ -155,6 +232,31 @@ def main(argv: Sequence[str] | None = None) -> int:
   from lsc_align import gin_utils  # pylint: disable=g-import-not-at-top
   gin_utils.parse(args.gin_file or list(command.default_gin_files), args.gin_param)
   return int(getattr(module, command.function)(args) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs one command; a user error is one line on stderr and exit status 2."""
+  args = build_parser().parse_args(argv)
+  debug = args.debug or os.environ.get(DEBUG_ENV, '') not in ('', '0')
+  if not debug:  # TensorFlow's C++ start-up lines would bury a one-line error
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  try:
+    return _run(args)
+  except KeyboardInterrupt:
+    if debug:
+      raise
+    print(f'lsc-align {args.command}: interrupted', file=sys.stderr)
+    return 130
+  except Exception as e:  # pylint: disable=broad-except
+    exit_code = getattr(e, 'exit_code', None)  # e.g. a stage stopped by a preemption save
+    if isinstance(exit_code, int):
+      print(f'lsc-align {args.command}: {error_message(e)}', file=sys.stderr)
+      return exit_code
+    if debug or not is_user_error(e):
+      raise
+    print(f'lsc-align {args.command}: error: {error_message(e)}\n'
+          f'  (add --debug for the traceback)', file=sys.stderr)
+    return EXIT_USER_ERROR
 
 
 if __name__ == '__main__':

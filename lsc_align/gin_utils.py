@@ -1,13 +1,32 @@
 """gin set-up shared by every command: search path, clear errors, operative config on disk."""
 from __future__ import annotations
 
+import importlib.resources
+import logging
 import os
 import pathlib
 from typing import Sequence
 
 import gin
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / 'configs'
+
+def _config_dir() -> pathlib.Path:
+  """The gin configs: the top-level configs/ folder, shipped as the package lsc_align.configs.
+
+  setup.py maps lsc_align.configs to configs/ (package_dir), so a wheel installs the folder
+  inside the package and an editable install resolves it to the checkout's configs/.
+  """
+  try:
+    root = importlib.resources.files('lsc_align.configs')
+    path = pathlib.Path(str(root))
+    if path.is_dir():
+      return path
+  except (ModuleNotFoundError, TypeError):  # not installed: running from a source tree
+    pass
+  return pathlib.Path(__file__).resolve().parent.parent / 'configs'
+
+
+CONFIG_DIR = _config_dir()
 
 
 class GinConfigError(ValueError):
@@ -22,9 +41,27 @@ def resolve_gin_file(name: str) -> str:
   raise GinConfigError(f'gin file {name!r} not found (looked as given and under {CONFIG_DIR})')
 
 
+class _NoPathProbeErrors(logging.Filter):
+  """gin logs 'Path not found' at ERROR while it probes where an include lives; noise."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Path not found')
+
+
+_PROBE_FILTER = _NoPathProbeErrors()
+
+
 def parse(gin_files: Sequence[str] = (), gin_params: Sequence[str] = (),
           finalize: bool = True) -> None:
   """Parses files then bindings; any failure is re-raised naming the file or binding."""
+  logging.getLogger().addFilter(_PROBE_FILTER)
+  try:
+    _parse(gin_files, gin_params, finalize)
+  finally:
+    logging.getLogger().removeFilter(_PROBE_FILTER)
+
+
+def _parse(gin_files: Sequence[str], gin_params: Sequence[str], finalize: bool) -> None:
   gin.clear_config()
   gin.add_config_file_search_path(str(CONFIG_DIR))
   for name in gin_files:

@@ -30,9 +30,18 @@ def _epath(path: PathLike):
 
 
 def abspath(path: PathLike) -> str:
-  """os.path.abspath for local paths; URLs are already absolute and come back unchanged."""
+  """An absolute local path (`~` expanded, relative to the working directory); URLs unchanged.
+
+  Every path a user gives (a flag, a gin binding) goes through here where it enters the
+  library, so what is written into a run directory, and what Orbax receives, is absolute.
+  """
   path = os.fspath(path)
-  return path if is_url(path) else os.path.abspath(path)
+  return path if is_url(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def optional_abspath(path: PathLike | None) -> str | None:
+  """abspath, passing None through (optional path arguments)."""
+  return None if path is None else abspath(path)
 
 
 def exists(path: PathLike) -> bool:

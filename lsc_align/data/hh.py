@@ -184,6 +184,7 @@ def read_pairs(path: str | os.PathLike[str], *,
 
   Raises:
     BadPairError: on the first bad line unless lenient; on a corrupt gzip stream always.
+    ValueError: the file holds no valid pair.
   """
   source = os.fspath(path)
   pairs, report = [], ParseReport()
@@ -200,6 +201,10 @@ def read_pairs(path: str | os.PathLike[str], *,
   except (EOFError, OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
     raise BadPairError(source, line + 1, f'unreadable file ({e})') from None
   report.num_pairs = len(pairs)
+  if not pairs:
+    detail = (f' ({report.num_lines} lines, all skipped as bad)' if report.num_lines
+              else ' (the file is empty)')
+    raise ValueError(f'no preference pairs in {source}{detail}')
   return pairs, report
 
 
@@ -273,3 +278,31 @@ def load_split(data_dir: str | os.PathLike[str], subset: str, split: str, *,
     chosen = train if split == 'train' else validation
     return chosen, dataclasses.replace(report, num_pairs=len(chosen))
   raise ValueError(f'{subset_dir}: no split "{split}" (available: {available_splits(subset_dir)})')
+
+
+def check_splits(data_dir: str | os.PathLike[str], subsets: Sequence[str],
+                 splits: Sequence[str], *, lenient: bool = False) -> ParseReport:
+  """Reads each file behind (subset, split) once, before any work is done on the data.
+
+  Strict (the default), the first bad line raises BadPairError naming file and line; lenient,
+  the returned report lists every skipped line. Derived splits read their test file.
+
+  Raises:
+    BadPairError, ValueError: a bad line (strict), an empty file, a missing split.
+  """
+  report, seen = ParseReport(), set()
+  for subset in subsets:
+    subset_dir = os.path.join(os.fspath(data_dir), subset)
+    files = split_files(subset_dir)
+    for split in splits:
+      if split in files:
+        path = files[split]
+      elif split in DERIVED_SPLITS and derives_splits(files):
+        path = files[DERIVED_FROM]
+      else:
+        raise ValueError(f'{subset_dir}: no split "{split}" '
+                         f'(available: {available_splits(subset_dir)})')
+      if path not in seen:
+        seen.add(path)
+        report = report.merge(read_pairs(path, lenient=lenient)[1])
+  return report

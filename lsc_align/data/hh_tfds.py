@@ -5,8 +5,8 @@ nothing is downloaded. Configs: 'helpful-base' and 'harmless-base'. Splits are w
 exist on disk; when a subset has neither `train` nor `validation` files (the shared copy has only
 `test`), 'train' and 'validation' are also prepared, derived from 'test' by a hash of the prompt
 (`lsc_align.data.hh.load_split`; 80/20 by default). Examples keep file order (shuffling disabled),
-so index i of a split is its i-th valid pair. Bad lines are skipped when `lenient` (the default; the
-real test files contain 10) and recorded in the dataset's metadata under 'skipped_lines'.
+so index i of a split is its i-th valid pair. A bad line is an error naming file and line unless
+`lenient` (the real test files contain 10), when bad lines are skipped and recorded in the dataset's metadata under 'skipped_lines'.
 
     builder = hh_tfds.prepare('/work/shared/data/hh-rlhf', '/tmp/tfds', 'helpful-base')
     test = builder.as_data_source('test')     # random access: test[17]['prompt'] -> bytes
@@ -19,6 +19,9 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator
 
+from lsc_align.data import tf_import
+
+tf_import.import_quietly()
 from etils import epath
 import tensorflow_datasets as tfds
 
@@ -43,7 +46,7 @@ class HhPreference(tfds.core.GeneratorBasedBuilder):
   # package resources needs `importlib_resources`, which this builder (no downloads) can do without.
   code_path = epath.Path(__file__)
 
-  def __init__(self, *, source_dir: str | os.PathLike[str] | None = None, lenient: bool = True,
+  def __init__(self, *, source_dir: str | os.PathLike[str] | None = None, lenient: bool = False,
                validation_fraction: float = hh.DEFAULT_VALIDATION_FRACTION, **kwargs: Any):
     """Args: source_dir (root of the HH layout, needed only to prepare), lenient (skip bad lines),
     validation_fraction (for splits derived from test); the rest goes to tfds (data_dir, config)."""
@@ -95,7 +98,7 @@ class HhPreference(tfds.core.GeneratorBasedBuilder):
 
 
 def prepare(source_dir: str | os.PathLike[str], tfds_data_dir: str | os.PathLike[str],
-            subset: str, *, lenient: bool = True,
+            subset: str, *, lenient: bool = False,
             validation_fraction: float = hh.DEFAULT_VALIDATION_FRACTION) -> HhPreference:
   """Prepares `subset` of the local HH layout at source_dir into tfds_data_dir (array_record).
 

@@ -5,7 +5,8 @@
   * sft: inputs = prompt, targets = chosen response of the helpful set (π0);
   * prompts per property and 'all' (RL and reference estimation), each prompt once per split.
 Splits are those of `lsc_align.data.hh.available_splits` (files on disk; train/validation derived
-from test when neither exists). Bad lines are skipped (lenient) and logged, never mis-split.
+from test when neither exists). A bad line is an error naming file and line; with `lenient`
+bad lines are skipped and logged, never mis-split.
 
 Truncation to feature lengths: a dialogue prompt keeps its END (the latest turns, which the
 response answers); a response keeps its beginning, and eos (id 1) is always its last token.
@@ -24,6 +25,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
 import numpy as np
+from lsc_align.data import tf_import
+
+tf_import.import_quietly()
 import seqio
 import tensorflow as tf
 
@@ -146,7 +150,7 @@ def _register(name: str, fingerprint: str, make_task: Callable[[], dict[str, Any
 def register_hh_tasks(data_dir: str | os.PathLike[str], vocabulary: seqio.Vocabulary, *,
                       name_prefix: str | None = None,
                       properties: Mapping[str, str] = PROPERTY_SUBSETS,
-                      sft_property: str = 'helpful', lenient: bool = True,
+                      sft_property: str = 'helpful', lenient: bool = False,
                       validation_fraction: float = hh.DEFAULT_VALIDATION_FRACTION) -> HHTasks:
   """Registers pairs, SFT and prompts tasks for one data directory and vocabulary.
 
@@ -157,7 +161,7 @@ def register_hh_tasks(data_dir: str | os.PathLike[str], vocabulary: seqio.Vocabu
       vocabularies never share names and repeated calls return the same names.
     properties: property name -> subset directory name.
     sft_property: whose chosen responses are the SFT targets.
-    lenient: skip bad lines (logged) instead of failing.
+    lenient: skip bad lines (logged) instead of failing on the first.
     validation_fraction: for train/validation derived from test.
 
   Returns:

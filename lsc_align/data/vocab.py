@@ -14,10 +14,14 @@ train split derived from test, see lsc_align.data.hh).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import os
 from typing import Any, Iterable, Iterator, Sequence
 
+from lsc_align.data import tf_import
+
+tf_import.import_quietly()
 import seqio
 import sentencepiece as spm
 
@@ -66,14 +70,22 @@ def train_sentencepiece(texts: Iterable[str] | None, model_prefix: str | os.Path
   model_path = os.fspath(model_prefix) + '.model'
   sentences = _sentences(texts if texts is not None else (), files)
   model = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-      sentence_iterator=sentences, model_writer=model, vocab_size=vocab_size,
-      model_type=model_type, character_coverage=character_coverage,
-      byte_fallback=byte_fallback, num_threads=num_threads,
-      pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
-      pad_piece='<pad>', eos_piece='</s>', unk_piece='<unk>',
-      input_sentence_size=0, shuffle_input_sentence=False,
-      max_sentence_length=_MAX_SENTENCE_BYTES, minloglevel=2)
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=sentences, model_writer=model, vocab_size=vocab_size,
+        model_type=model_type, character_coverage=character_coverage,
+        byte_fallback=byte_fallback, num_threads=num_threads,
+        pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
+        pad_piece='<pad>', eos_piece='</s>', unk_piece='<unk>',
+        input_sentence_size=0, shuffle_input_sentence=False,
+        max_sentence_length=_MAX_SENTENCE_BYTES, minloglevel=2)
+  except RuntimeError as e:  # the trainer reports bad settings for the text as RuntimeError
+    reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    reason = reason.rsplit('] ', 1)[-1]  # drop the C++ source location and check
+    hint = (' (lower --vocab_size, or train on more text)' if 'Vocabulary size too high' in reason
+            else '')
+    raise ValueError(f'SentencePiece cannot train a {vocab_size}-piece vocabulary on this text: '
+                     f'{reason}{hint}') from e
   io_utils.atomic_write_bytes(model_path, model.getvalue())
   # seqio caches loaded models by path for the process; a retrained file must not read stale.
   cache_clear = getattr(getattr(seqio.vocabularies, '_load_model_internal', None),
@@ -102,7 +114,7 @@ def load_vocabulary(model_path: str | os.PathLike[str],
 
 
 def training_texts(data_dir: str | os.PathLike[str], subsets: Sequence[str] = DEFAULT_SUBSETS,
-                   split: str = 'train', *, lenient: bool = True) -> list[str]:
+                   split: str = 'train', *, lenient: bool = False) -> list[str]:
   """Prompts and both responses of every pair of `split` in each subset, in file order."""
   texts: list[str] = []
   for subset in subsets:
@@ -122,6 +134,7 @@ FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ('--model_type', {'default': 'unigram', 'choices': ('unigram', 'bpe')}),
     ('--character_coverage', {'type': float, 'default': 0.9995}),
     ('--num_threads', {'type': int, 'default': 1}),
+    ('--lenient', {'action': 'store_true', 'help': 'skip bad lines instead of stopping'}),
 )
 
 
@@ -133,15 +146,31 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
   """`lsc-align vocab`: trains a SentencePiece model on a data directory's training text."""
-  out = os.fspath(args.out)
+  out = io_utils.abspath(args.out)
+  data_dir = io_utils.abspath(args.data_dir)
   prefix = out[:-len('.model')] if out.endswith('.model') else out
   subsets = tuple(s for s in args.subsets.split(',') if s)
-  texts = training_texts(args.data_dir, subsets, args.split)
+  if not subsets:
+    raise ValueError(f'--subsets {args.subsets!r}: name at least one subset directory')
+  if args.vocab_size < 4:
+    raise ValueError(f'--vocab_size {args.vocab_size}: must be at least 4 (pad, eos, unk, one '
+                     'piece)')
+  lenient = bool(getattr(args, 'lenient', None))
+  # Bad lines stop here, naming file:line, before the trainer sees the text (unless --lenient).
+  report = hh.check_splits(data_dir, subsets, (args.split,), lenient=lenient)
+  if report.num_skipped:
+    skipped_path = prefix + '.skipped_lines.json'
+    io_utils.atomic_write_json(skipped_path, {
+        'data_dir': data_dir, 'num_lines': report.num_lines, 'num_pairs': report.num_pairs,
+        'skipped': [dataclasses.asdict(s) for s in report.skipped]})
+    print(f'--lenient: skipped {report.num_skipped} bad lines of {report.num_lines} '
+          f'(listed in {skipped_path})', flush=True)
+  texts = training_texts(data_dir, subsets, args.split, lenient=lenient)
   vocabulary = train_sentencepiece(
       texts, prefix, args.vocab_size, model_type=args.model_type,
       character_coverage=args.character_coverage, num_threads=args.num_threads)
   io_utils.atomic_write_json(prefix + '.json', {
-      'data_dir': io_utils.abspath(args.data_dir), 'subsets': list(subsets), 'split': args.split,
+      'data_dir': data_dir, 'subsets': list(subsets), 'split': args.split,
       'num_texts': len(texts), 'vocab_size': vocabulary.vocab_size,
       'model_type': args.model_type})
   print(f'wrote {prefix}.model ({vocabulary.vocab_size} pieces from {len(texts)} texts)')

@@ -227,12 +227,14 @@ def load_config(data_dir: str | os.PathLike[str]) -> world_config.WorldConfig:
 def build_world(out_dir: str, config: world_config.WorldConfig | None = None) -> dict[str, Any]:
   """Generates and writes the world (config defaults to the gin-bound WorldConfig())."""
   config = config or world_config.WorldConfig()
-  return write_world(config, generate_world(config), out_dir)
+  return write_world(config, generate_world(config), io_utils.abspath(out_dir))
 
 
 def main(args: argparse.Namespace) -> int:
   """`lsc-align world --out DIR`: writes the data set; gin was parsed by the CLI."""
   start = time.time()
+  if io_utils.exists(args.out) and not io_utils.isdir(args.out):
+    raise ValueError(f'--out {args.out} is a file; the world is a directory')
   summary = build_world(args.out)
   gin_utils.write_operative_config(args.out)
   print(json.dumps({'out': args.out, 'vocab_size': summary['vocab_size'],

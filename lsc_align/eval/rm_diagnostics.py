@@ -181,9 +181,9 @@ def diagnose_run(run_dir: str | os.PathLike[str], data_dir: str | None = None,
                  split: str = 'test') -> dict[str, Any]:
   """Diagnostics of a world reward model run on `split`; writes run_dir/rm_diagnostics.json."""
   from lsc_align.train import reward_model_trainer as trainer  # pylint: disable=g-import-not-at-top
-  run_dir = os.fspath(run_dir)
+  run_dir = io_utils.abspath(run_dir)
   info = trainer.reward_model_info(run_dir)
-  data_dir = data_dir or info['data_dir']
+  data_dir = io_utils.abspath(data_dir or info['data_dir'])
   names, diffs = term_differences(data_dir, info['property'], split)
   margins = reward_margins(run_dir, data_dir, split)
   if len(margins) != len(diffs):

@@ -48,6 +48,7 @@ def headline(results: Sequence[results_lib.RunResult]) -> list[str]:
 def run_experiment(out_dir: str, seed: int = 0, name: str = 'experiment') -> str:
   """prepare + run_sweep + report for the bound sweep; returns the report's path."""
   start = time.time()
+  out_dir = io_utils.abspath(out_dir)
 
   def log(message: str) -> None:
     print(f'[{name} {time.time() - start:6.0f} s] {message}', flush=True)
@@ -81,7 +82,7 @@ def reproduce_main(args: argparse.Namespace) -> int:
 
 
 def pools_main(args: argparse.Namespace) -> int:
-  experiment.prepare(args.exp_dir)
+  experiment.prepare(args.exp_dir, **({'lenient': True} if getattr(args, 'lenient', None) else {}))
   return 0
 
 

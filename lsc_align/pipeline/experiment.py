@@ -45,7 +45,10 @@ def load_objective(name: str) -> Objective:
       kwargs[match.group(1)] = ast.literal_eval(match.group(2))
     except (ValueError, SyntaxError) as e:
       raise ValueError(f'{path}:{number}: {match.group(2)!r} is not a literal: {e}') from e
-  return objectives_lib.make_objective(**kwargs)
+  try:
+    return objectives_lib.make_objective(**kwargs)
+  except (ValueError, TypeError) as e:  # a bad value (e.g. a quantile outside (0, 1))
+    raise ValueError(f'objective file {path}: {e}') from e
 
 
 def weighted_variants(objective: Objective, helpful_weights: Sequence[float]) -> list[Objective]:
@@ -71,7 +74,8 @@ def _resume_flag(run_dir: str) -> bool:
 @gin.configurable
 def prepare(exp_dir: str, pool_sizes: pools_stage.PoolSizes | None = None,
             seed: int = 0, data_dir: str | None = None, vocabulary: str | None = None,
-            judge_model: Any = None, log: Any = print) -> pools.ExperimentDirs:
+            judge_model: Any = None, lenient: bool = False,
+            log: Any = print) -> pools.ExperimentDirs:
   """Data, both reward models, π0 and the pools (each skipped if done, resumed if started).
 
   Args:
@@ -83,12 +87,14 @@ def prepare(exp_dir: str, pool_sizes: pools_stage.PoolSizes | None = None,
       per property is trained too (EXP/judge_<property>, another seed, `judge_model`'s sizes:
       bind e.g. `prepare.judge_model = @judge/RewardModelConfig()` for a larger judge).
     judge_model: RewardModelConfig of the judges; default that of the proxy reward models.
+    lenient: skip bad lines of an HH-layout source (each stage lists them in its directory)
+      instead of failing on the first.
     log: progress lines.
   """
   from lsc_align.data import world as world_lib  # pylint: disable=g-import-not-at-top
   from lsc_align.train import reward_model_trainer, sft_trainer  # pylint: disable=g-import-not-at-top
-  exp = pools.ExperimentDirs(exp_dir)
-  io_utils.makedirs(exp_dir)
+  exp = pools.ExperimentDirs(exp_dir)  # its root is absolute
+  io_utils.makedirs(exp.root)
   if (data_dir is None) != (vocabulary is None):
     raise ValueError('prepare: give both data_dir and vocabulary (or neither, for the world)')
   if data_dir is not None:
@@ -103,7 +109,7 @@ def prepare(exp_dir: str, pool_sizes: pools_stage.PoolSizes | None = None,
     log(f'[2/4] reward model {prop} -> {run_dir}')
     _check_completed(reward_model_trainer.train_reward_model(
         run_dir=run_dir, data_dir=exp.data, vocabulary=exp.vocabulary, property_name=prop,
-        resume=_resume_flag(run_dir), **kwargs), run_dir)
+        resume=_resume_flag(run_dir), lenient=lenient, **kwargs), run_dir)
 
   for prop in pools.PROPERTIES:
     train_rm(exp.reward_model(prop), prop, seed=seed)
@@ -115,16 +121,18 @@ def prepare(exp_dir: str, pool_sizes: pools_stage.PoolSizes | None = None,
     log(f'[3/4] SFT policy pi0 -> {exp.sft}')
     result = sft_trainer.train_sft(run_dir=exp.sft, data_dir=exp.data,
                                    vocabulary=exp.vocabulary, seed=seed,
-                                   resume=_resume_flag(exp.sft))
+                                   resume=_resume_flag(exp.sft), lenient=lenient)
     _check_completed(result, exp.sft)
   if not all(_stage_done(exp.pool(s)) for s in ('train', 'eval')):
     log(f'[4/4] pi0 sample pools -> {os.path.dirname(exp.pool("train"))}')
-  pools_stage.build_pools(exp_dir, pool_sizes or pools_stage.PoolSizes(), seed=seed)
+  pools_stage.build_pools(exp.root, pool_sizes or pools_stage.PoolSizes(), seed=seed,
+                          lenient=lenient)
   return exp
 
 
 class Preempted(Exception):
   """A stage stopped on SIGTERM after saving a checkpoint; re-run the command to resume."""
+  exit_code = 75  # loop.EXIT_CODE_PREEMPTED: the CLI exits with it
 
 
 def _check_completed(result: Any, run_dir: str) -> None:

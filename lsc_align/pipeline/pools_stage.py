@@ -93,10 +93,11 @@ def load_judge(exp: pools.ExperimentDirs) -> Judge | None:
 
 
 def prompt_set(data_dir: str, vocabulary: str, split: str, prompt_length: int, num: int,
-               seed: int, cache_dir: str) -> np.ndarray:
+               seed: int, cache_dir: str, lenient: bool = False) -> np.ndarray:
   """`num` distinct prompts of both prompt mixes, a seeded choice (all if fewer): [num, Lp]."""
   ids = data_arrays.task_arrays(data_dir, vocabulary, 'prompts/all', split,
-                                {'prompt': prompt_length}, cache_dir=cache_dir)['prompt_ids']
+                                {'prompt': prompt_length}, cache_dir=cache_dir,
+                                lenient=lenient)['prompt_ids']
   ids = np.unique(ids, axis=0)
   if num < len(ids):
     ids = ids[np.sort(np.random.default_rng(seed).choice(len(ids), num, replace=False))]
@@ -149,8 +150,11 @@ def _canned_all(models: Models, data_dir: str, vocabulary: str, prompt_ids: np.n
 
 
 def build_pools(exp_dir: str, sizes: PoolSizes | None = None, seed: int = 0,
-                overwrite: bool = False) -> dict[str, str]:
-  """Writes EXP/pools/train.npz and EXP/pools/eval.npz (skipped when present); returns paths."""
+                overwrite: bool = False, lenient: bool = False) -> dict[str, str]:
+  """Writes EXP/pools/train.npz and EXP/pools/eval.npz (skipped when present); returns paths.
+
+  lenient: skip bad lines of an HH-layout data source instead of failing on the first.
+  """
   sizes = sizes or PoolSizes()
   exp = pools.ExperimentDirs(exp_dir)
   data_dir, vocabulary = exp.data, exp.vocabulary
@@ -168,14 +172,15 @@ def build_pools(exp_dir: str, sizes: PoolSizes | None = None, seed: int = 0,
     return references.sample_pool(models.policy_params, models.policy_config, prompt_ids, n,
                                   jax.random.fold_in(rng, stream), lr, sizes.temperature, chunk)
 
-  train_prompts = prompt_set(data_dir, vocabulary, 'train', lp, sizes.train_prompts, seed, cache)
+  train_prompts = prompt_set(data_dir, vocabulary, 'train', lp, sizes.train_prompts, seed, cache,
+                             lenient)
   train_samples = sample(train_prompts, sizes.train_samples, 0)
   train = {'prompt_ids': train_prompts,
            **_score_all(models, train_prompts, train_samples, chunk),
            **_canned_all(models, data_dir, vocabulary, train_prompts, chunk)}
   eval_split = 'test' if exp.is_world else data_arrays.validation_split(data_dir)
   eval_prompts = prompt_set(data_dir, vocabulary, eval_split, lp, sizes.eval_prompts, seed + 1,
-                            cache)
+                            cache, lenient)
   pool = sample(eval_prompts, sizes.eval_pool_samples, 1)
   sft = sample(eval_prompts, sizes.eval_sft_samples, 2)
   evaluation = {'prompt_ids': eval_prompts, 'pool_responses': pool, 'sft_responses': sft,

@@ -14,10 +14,11 @@ are int32 [N, L], right-padded with 0; response rows end in eos (1).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from absl import logging
 import numpy as np
@@ -94,7 +95,8 @@ def _file_digest(path: str) -> str:
 
 def cache_key(data_dir: str | os.PathLike[str], vocabulary_path: str | os.PathLike[str],
               kind: str, split: str, feature_lengths: Mapping[str, int],
-              validation_fraction: float = hh.DEFAULT_VALIDATION_FRACTION) -> str:
+              validation_fraction: float = hh.DEFAULT_VALIDATION_FRACTION,
+              lenient: bool = False) -> str:
   """Hex digest of everything that determines the arrays of (kind, split)."""
   data_dir = io_utils.abspath(data_dir)
   files = {}
@@ -105,15 +107,17 @@ def cache_key(data_dir: str | os.PathLike[str], vocabulary_path: str | os.PathLi
               'vocabulary': _file_digest(check_vocabulary_path(vocabulary_path)), 'kind': kind,
               'split': split, 'lengths': {k: int(v) for k, v in sorted(feature_lengths.items())},
               'validation_fraction': validation_fraction}
+  if lenient:  # a strict read fails on a bad line where a lenient one skips it
+    settings['lenient'] = True
   return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def _tokenize(data_dir: str, vocabulary_path: str, kind: str, split: str,
-              feature_lengths: Mapping[str, int],
-              validation_fraction: float) -> dict[str, np.ndarray]:
+              feature_lengths: Mapping[str, int], validation_fraction: float,
+              lenient: bool) -> dict[str, np.ndarray]:
   from lsc_align.data import tasks  # pylint: disable=g-import-not-at-top  (imports TF)
   registered = tasks.register_hh_tasks(data_dir, load_vocabulary(vocabulary_path),
-                                       validation_fraction=validation_fraction)
+                                       validation_fraction=validation_fraction, lenient=lenient)
   if kind == 'sft':
     task = registered.sft
   elif kind.startswith('pairs/'):
@@ -126,8 +130,8 @@ def _tokenize(data_dir: str, vocabulary_path: str, kind: str, split: str,
 def task_arrays(data_dir: str | os.PathLike[str], vocabulary_path: str | os.PathLike[str],
                 kind: str, split: str, feature_lengths: Mapping[str, int], *,
                 cache_dir: str | os.PathLike[str] | None = None,
-                validation_fraction: float = hh.DEFAULT_VALIDATION_FRACTION
-                ) -> dict[str, np.ndarray]:
+                validation_fraction: float = hh.DEFAULT_VALIDATION_FRACTION,
+                lenient: bool = False) -> dict[str, np.ndarray]:
   """'<feature>_ids' int32 arrays of one (task kind, split), from the cache when present.
 
   Args:
@@ -138,6 +142,7 @@ def task_arrays(data_dir: str | os.PathLike[str], vocabulary_path: str | os.Path
     feature_lengths: token budget per feature, e.g. {'prompt': 32, 'chosen': 48, 'rejected': 48}.
     cache_dir: where the .npz goes; None disables caching.
     validation_fraction: for train/validation derived from test.
+    lenient: skip bad data lines instead of failing on the first (see check_data).
 
   Raises:
     ValueError: unknown kind, missing feature lengths, bad vocabulary path, or no examples.
@@ -148,11 +153,13 @@ def task_arrays(data_dir: str | os.PathLike[str], vocabulary_path: str | os.Path
   vocabulary_path = check_vocabulary_path(vocabulary_path)
   path = None
   if cache_dir is not None:
-    key = cache_key(data_dir, vocabulary_path, kind, split, feature_lengths, validation_fraction)
+    key = cache_key(data_dir, vocabulary_path, kind, split, feature_lengths, validation_fraction,
+                    lenient)
     path = os.path.join(os.fspath(cache_dir), f'{kind.replace("/", "_")}_{split}_{key[:16]}.npz')
     if io_utils.exists(path):
       return io_utils.load_npz(path)
-  arrays = _tokenize(data_dir, vocabulary_path, kind, split, feature_lengths, validation_fraction)
+  arrays = _tokenize(data_dir, vocabulary_path, kind, split, feature_lengths, validation_fraction,
+                     lenient)
   if not arrays or len(next(iter(arrays.values()))) == 0:
     raise ValueError(f'{data_dir}: task {kind!r} split {split!r} has no examples')
   if path is not None:
@@ -163,22 +170,53 @@ def task_arrays(data_dir: str | os.PathLike[str], vocabulary_path: str | os.Path
 
 def pair_arrays(data_dir: str | os.PathLike[str], vocabulary_path: str | os.PathLike[str],
                 property_name: str, split: str, *, prompt_length: int, response_length: int,
-                cache_dir: str | os.PathLike[str] | None = None) -> dict[str, np.ndarray]:
+                cache_dir: str | os.PathLike[str] | None = None,
+                lenient: bool = False) -> dict[str, np.ndarray]:
   """prompt_ids [N, prompt_length], chosen_ids and rejected_ids [N, response_length]."""
   if property_name not in PROPERTY_SUBSETS:
     raise ValueError(f'property {property_name!r} must be one of {sorted(PROPERTY_SUBSETS)}')
   lengths = {'prompt': prompt_length, 'chosen': response_length, 'rejected': response_length}
   return task_arrays(data_dir, vocabulary_path, f'pairs/{property_name}', split, lengths,
-                     cache_dir=cache_dir)
+                     cache_dir=cache_dir, lenient=lenient)
 
 
 def sft_arrays(data_dir: str | os.PathLike[str], vocabulary_path: str | os.PathLike[str],
                split: str, *, prompt_length: int, response_length: int,
-               cache_dir: str | os.PathLike[str] | None = None) -> dict[str, np.ndarray]:
+               cache_dir: str | os.PathLike[str] | None = None,
+               lenient: bool = False) -> dict[str, np.ndarray]:
   """prompt_ids [N, prompt_length] and response_ids [N, response_length] of the SFT task."""
   arrays = task_arrays(data_dir, vocabulary_path, 'sft', split,
-                       {'inputs': prompt_length, 'targets': response_length}, cache_dir=cache_dir)
+                       {'inputs': prompt_length, 'targets': response_length}, cache_dir=cache_dir,
+                       lenient=lenient)
   return {'prompt_ids': arrays['inputs_ids'], 'response_ids': arrays['targets_ids']}
+
+
+SKIPPED_LINES_FILE = 'skipped_lines.json'
+
+
+def check_data(data_dir: str | os.PathLike[str], kinds: Sequence[str], splits: Sequence[str], *,
+               lenient: bool = False, out_dir: str | os.PathLike[str] | None = None
+               ) -> hh.ParseReport:
+  """Reads the data files behind task kinds and splits before a stage does any work.
+
+  Strict (the default), the first bad line raises hh.BadPairError naming file:line, so nothing
+  is trained or written on data that would fail later. Lenient, bad lines are skipped: their
+  count is printed and, with out_dir, the list is written to out_dir/skipped_lines.json.
+  """
+  subsets = sorted({subset for kind in kinds for subset in _subsets(kind)})
+  report = hh.check_splits(data_dir, subsets, splits, lenient=lenient)
+  if report.num_skipped:
+    where = ''
+    if out_dir is not None:
+      path = os.path.join(os.fspath(out_dir), SKIPPED_LINES_FILE)
+      io_utils.atomic_write_json(path, {
+          'data_dir': os.fspath(data_dir), 'num_lines': report.num_lines,
+          'num_pairs': report.num_pairs,
+          'skipped': [dataclasses.asdict(s) for s in report.skipped]})
+      where = f' (listed in {path})'
+    print(f'--lenient: skipped {report.num_skipped} bad lines of {report.num_lines} in '
+          f'{os.fspath(data_dir)}{where}', flush=True)
+  return report
 
 
 def full_rows(ids_NxL: np.ndarray) -> int:

@@ -41,6 +41,10 @@ class ExperimentDirs:
   EXP/experiment.json names another one (an HH-layout directory and its vocabulary)."""
   root: str
 
+  def __post_init__(self) -> None:
+    # Every path derived from the root is absolute (or a URL), whatever the working directory.
+    object.__setattr__(self, 'root', io_utils.abspath(self.root))
+
   @functools.cached_property
   def _source(self) -> dict[str, str]:
     """EXP/experiment.json, read once per instance (on a bucket every read is a request)."""

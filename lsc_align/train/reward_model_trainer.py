@@ -213,6 +213,7 @@ def train_reward_model(
     cache_dir: str | None = None,
     max_train_pairs: int | None = None,
     world_labels: str = 'drawn',
+    lenient: bool = False,
 ) -> loop.TrainResult:
   """Trains a BT reward model for one property; writes the run directory (module docstring).
 
@@ -241,19 +242,27 @@ def train_reward_model(
     world_labels: 'drawn' (default), or on the embedded world 'gold_probability' / 'gold_sign'
       (`gold_targets`): a diagnostic of label noise; such a model is no proxy reward, since it
       has seen the gold.
+    lenient: skip bad data lines (listed in run_dir/skipped_lines.json) instead of stopping at
+      the first with an error that names its file and line.
 
   Returns:
     The loop's TrainResult (exit_code 75 after a preemption save).
   """
   start_time = time.time()
-  run_dir = os.fspath(run_dir)
-  data_dir = os.fspath(data_dir)
+  # Paths as given may be relative to the working directory; what is stored is absolute.
+  run_dir, data_dir, vocabulary = (io_utils.abspath(p) for p in (run_dir, data_dir, vocabulary))
+  init_t5x_checkpoint = io_utils.optional_abspath(init_t5x_checkpoint)
+  cache_dir = io_utils.optional_abspath(cache_dir)
   if world_labels not in WORLD_LABELS:  # before any data is read or tokenised
     raise ValueError(f'train_reward_model.world_labels {world_labels!r} must be one of '
                      f'{WORLD_LABELS}')
   if property_name not in data_arrays.PROPERTY_SUBSETS:
     raise ValueError(f'train_reward_model.property_name {property_name!r} must be one of '
                      f'{sorted(data_arrays.PROPERTY_SUBSETS)}')
+  trainer_utils.check_run_dir(run_dir, resume, PARAMS_FILE)
+  if init_t5x_checkpoint is not None and not io_utils.exists(init_t5x_checkpoint):
+    raise ValueError(f'train_reward_model.init_t5x_checkpoint {init_t5x_checkpoint}: no such '
+                     'file or directory')
   config = model or reward_model.RewardModelConfig()
   num_ids = data_arrays.vocabulary_size(vocabulary)
   if config.encoder.vocab_size < num_ids:
@@ -262,13 +271,16 @@ def train_reward_model(
   mesh = partitioning.create_mesh(tuple(mesh_shape))
   trainer_utils.check_batch_sizes(mesh, 'train_reward_model', batch_size=batch_size,
                                   eval_batch_size=eval_batch_size)
+  eval_split = data_arrays.validation_split(data_dir,
+                                            data_arrays.PROPERTY_SUBSETS[property_name])
+  # Every data line is checked before the run directory gets anything (strict by default).
+  data_arrays.check_data(data_dir, [f'pairs/{property_name}'], ('train', eval_split),
+                         lenient=lenient, out_dir=run_dir)
   io_utils.makedirs(run_dir)
   cache_dir = cache_dir or os.path.join(run_dir, 'arrays')
   lengths = {'prompt_length': prompt_length, 'response_length': response_length}
-  eval_split = data_arrays.validation_split(data_dir,
-                                            data_arrays.PROPERTY_SUBSETS[property_name])
   raw = {split: data_arrays.pair_arrays(data_dir, vocabulary, property_name, split,
-                                        cache_dir=cache_dir, **lengths)
+                                        cache_dir=cache_dir, lenient=lenient, **lengths)
          for split in ('train', eval_split)}
   targets = None
   if world_labels != 'drawn':
@@ -334,8 +346,7 @@ def train_reward_model(
       writer.write(step, scalars)
       logging.info('step %d eval: %s', step, scalars)
 
-  info = {'vocabulary': io_utils.abspath(vocabulary),
-          'data_dir': data_dir, 'property': property_name, 'max_length': max_length,
+  info = {'vocabulary': vocabulary, 'data_dir': data_dir, 'property': property_name, 'max_length': max_length,
           **lengths, 'num_params': trainer_utils.count_params(state.params),
           'world_labels': world_labels}
   gin_utils.write_operative_config(run_dir)
@@ -379,4 +390,6 @@ def main(args: argparse.Namespace) -> int:
     kwargs['resume'] = True
   if getattr(args, 'init_t5x_checkpoint', None):
     kwargs['init_t5x_checkpoint'] = args.init_t5x_checkpoint
+  if getattr(args, 'lenient', None):  # the flag overrides the gin binding
+    kwargs['lenient'] = True
   return train_reward_model(**kwargs).exit_code

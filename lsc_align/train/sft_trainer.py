@@ -171,6 +171,7 @@ def train_sft(
     cache_dir: str | None = None,
     max_train_examples: int | None = None,
     world_samples_per_prompt: int = 2,
+    lenient: bool = False,
 ) -> loop.TrainResult:
   """Trains π0 on the SFT task; writes the run directory (module docstring).
 
@@ -194,12 +195,17 @@ def train_sft(
     max_train_examples: use only the first this many training examples.
     world_samples_per_prompt: fresh collection-policy samples per validation prompt for the
       world comparison (0 skips it).
+    lenient: skip bad data lines (listed in run_dir/skipped_lines.json) instead of stopping at
+      the first with an error that names its file and line.
 
   Returns:
     The loop's TrainResult (exit_code 75 after a preemption save).
   """
   start_time = time.time()
-  run_dir, data_dir = os.fspath(run_dir), os.fspath(data_dir)
+  # Paths as given may be relative to the working directory; what is stored is absolute.
+  run_dir, data_dir, vocabulary = (io_utils.abspath(p) for p in (run_dir, data_dir, vocabulary))
+  cache_dir = io_utils.optional_abspath(cache_dir)
+  trainer_utils.check_run_dir(run_dir, resume, PARAMS_FILE)
   config = model or policy.PolicyConfig()
   num_ids = data_arrays.vocabulary_size(vocabulary)
   if config.vocab_size < num_ids:
@@ -212,12 +218,15 @@ def train_sft(
   mesh = partitioning.create_mesh(tuple(mesh_shape))
   trainer_utils.check_batch_sizes(mesh, 'train_sft', batch_size=batch_size,
                                   eval_batch_size=eval_batch_size)
+  eval_split = data_arrays.validation_split(data_dir)
+  # Every data line is checked before the run directory gets anything (strict by default).
+  data_arrays.check_data(data_dir, ['sft'], ('train', eval_split), lenient=lenient,
+                         out_dir=run_dir)
   io_utils.makedirs(run_dir)
   cache_dir = cache_dir or os.path.join(run_dir, 'arrays')
   lengths = {'prompt_length': prompt_length, 'response_length': response_length}
-  eval_split = data_arrays.validation_split(data_dir)
   data = {split: data_arrays.sft_arrays(data_dir, vocabulary, split, cache_dir=cache_dir,
-                                        **lengths)
+                                        lenient=lenient, **lengths)
           for split in ('train', eval_split)}
   if max_train_examples is not None:
     data['train'] = {k: v[:max_train_examples] for k, v in data['train'].items()}
@@ -259,7 +268,7 @@ def train_sft(
       writer.write(step, scalars)
       logging.info('step %d eval: %s', step, scalars)
 
-  info = {'vocabulary': io_utils.abspath(vocabulary), 'data_dir': data_dir, **lengths,
+  info = {'vocabulary': vocabulary, 'data_dir': data_dir, **lengths,
           'num_params': trainer_utils.count_params(state.params)}
   gin_utils.write_operative_config(run_dir)
   checkpointer = checkpointing.TrainCheckpointer(
@@ -308,4 +317,6 @@ def main(args: argparse.Namespace) -> int:
   kwargs: dict[str, Any] = {'run_dir': args.run_dir}
   if getattr(args, 'resume', False):
     kwargs['resume'] = True
+  if getattr(args, 'lenient', None):  # the flag overrides the gin binding
+    kwargs['lenient'] = True
   return train_sft(**kwargs).exit_code

@@ -116,6 +116,24 @@ def check_batch_sizes(mesh: Mesh, function: str, **batch_sizes: int) -> None:
                        f'data axis ({data} devices)')
 
 
+def check_run_dir(run_dir: str, resume: bool, finished_file: str) -> None:
+  """Before anything is written: a run directory that already holds a run needs --resume.
+
+  Raises:
+    ValueError: without resume, run_dir holds checkpoints or the finished run's file.
+  """
+  if resume:
+    return
+  finished = os.path.join(run_dir, finished_file)
+  if io_utils.exists(finished):
+    raise ValueError(f'{run_dir} already holds a finished run ({finished_file}); choose a new '
+                     'run directory, or delete this one to train again')
+  checkpoints = os.path.join(run_dir, 'checkpoints')
+  if io_utils.isdir(checkpoints) and any(n.isdigit() for n in io_utils.listdir(checkpoints)):
+    raise ValueError(f'{run_dir} already has checkpoints of a run: add --resume to continue it '
+                     '(resume=True), or choose a new run directory')
+
+
 def wilson_interval(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
   """Wilson score interval of a binomial proportion (95% by default)."""
   if n <= 0:
