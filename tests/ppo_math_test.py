@@ -67,10 +67,18 @@ def test_policy_loss_clips():
 
 def test_value_loss_clips():
   mask = np.ones((1, 2), np.float32)
-  loss, _ = ppo_math.value_loss(np.array([[2.0, 0.0]]), np.array([[0.0, 0.0]]),
-                                np.array([[0.0, 1.0]]), mask, value_clip=0.5)
-  # row 0: max((2−0)², (0.5−0)²) = 4; row 1: max(1, (0−1)²) = 1.
-  assert float(loss) == pytest.approx(0.5 * (4 + 1) / 2)
+  values, old, returns = np.array([[2.0, 0.0]]), np.array([[0.0, 0.0]]), np.array([[3.0, 1.0]])
+  loss, stats = ppo_math.value_loss(values, old, returns, mask, value_clip=0.5)
+  # token 0: V moved 2 from V_old = 0, clipped to 0.5: max((2−3)², (0.5−3)²) = 6.25, the clipped
+  # term wins; token 1: max((0−1)², (0−1)²) = 1.
+  assert float(loss) == pytest.approx(0.5 * (6.25 + 1) / 2)
+  assert float(stats['value_clip_fraction']) == pytest.approx(0.5)
+  # Where the clipped term wins, V gets no gradient (it cannot move past V_old ± c).
+  grad = jax.grad(lambda v: ppo_math.value_loss(v, old, returns, mask, 0.5)[0])(values)
+  np.testing.assert_allclose(np.asarray(grad), [[0.0, -0.5]], atol=1e-6)
+  unclipped, stats = ppo_math.value_loss(values, old, returns, mask, value_clip=None)
+  assert float(unclipped) == pytest.approx(0.5 * (1 + 1) / 2)
+  assert float(stats['value_clip_fraction']) == 0.0
 
 
 def test_alpha_gamma_round_trip():

@@ -24,7 +24,8 @@ def _setup(objective_kind='lsc', mesh=None, kl_coef=0.02):
   objective = make_objective('t', ['helpful'], objective_kind,
                              {'helpful': ('quantile', 0.5)} if objective_kind != 'raw' else {})
   rm_params = reward_model.RewardModel(RM).init(jax.random.key(1), jnp.ones((1, 4), jnp.int32))
-  # A reward that is easy to find: +3 per occurrence of token 5 in the packed sequence.
+  # A seeded random reward model: PPO must raise its utility here; that PPO reaches the exact
+  # optimum is checked on an enumerable problem (ground_truth_test).
   rm_params = jax.tree.map(np.asarray, rm_params['params'])
   pi0 = policy.init_params(POLICY, jax.random.key(2))
   prompts = np.random.default_rng(0).integers(3, VOCAB, size=(32, 5)).astype(np.int32)

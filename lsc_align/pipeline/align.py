@@ -16,7 +16,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import gin
 import jax
@@ -35,7 +35,8 @@ from lsc_align.pipeline import pools_stage
 from lsc_align.rewards import aggregate
 from lsc_align.rewards.objectives import Objective
 from lsc_align.train import best_of_k, loop, optimum, ppo, ppo_math, ppo_step, pools
-from lsc_align.train import references
+from lsc_align.train import critic, references, rloo
+from lsc_align.train import trainer_utils
 
 RESULTS_FILE = 'eval_results.json'
 gin.external_configurable(ppo_step.PPOHyperparams, module='ppo')
@@ -176,8 +177,8 @@ def _kl_per_prompt(params: Any, ref_params: Any, config: Any, prompts: np.ndarra
   return np.concatenate(out).reshape(p, n).mean(axis=1)
 
 
-def ppo_run_name(objective: Objective, kl_coef: float, seed: int) -> str:
-  return f'ppo_{objective.name}_g{kl_coef:g}_s{seed}'
+def ppo_run_name(objective: Objective, kl_coef: float, seed: int, learner: str = 'ppo') -> str:
+  return f'{learner}_{objective.name}_g{kl_coef:g}_s{seed}'
 
 
 @gin.configurable
@@ -186,12 +187,14 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
             hp: ppo_step.PPOHyperparams | None = None, seed: int = 0,
             resume: bool = False, checkpoint_every: int = 25, log_every: int = 10,
             sample_every: int = 25, mesh_shape: Sequence[int] = (-1, 1),
-            evaluation: PPOEval | None = None, run_dir: str | None = None
-            ) -> results_lib.RunResult | None:
+            evaluation: PPOEval | None = None, run_dir: str | None = None,
+            learner: str = 'ppo') -> results_lib.RunResult | None:
   """PPO on the objective at γ (or α = γ/(1+γ)); writes and evaluates EXP/runs/ppo_.../.
 
-  hp and evaluation default to PPOHyperparams() and PPOEval() (as bound by gin). Returns the
-  RunResult, or None when the run was preempted (resume with resume=True).
+  hp and evaluation default to PPOHyperparams() and PPOEval() (as bound by gin). learner 'ppo'
+  (critic started as hp.value_init says) or 'rloo' (no critic; hp.samples_per_prompt ≥ 2
+  responses per prompt); both use the same scoring step. Returns the RunResult, or None when
+  the run was preempted (resume with resume=True).
   """
   hp = hp or ppo_step.PPOHyperparams()
   evaluation = evaluation or PPOEval()
@@ -200,8 +203,9 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
   gamma = float(kl_coef) if kl_coef is not None else ppo_math.kl_coef_from_alpha(alpha)
   start_time = time.time()
   exp = pools.ExperimentDirs(exp_dir)
-  run_dir = run_dir or exp.run(ppo_run_name(objective, gamma, seed))
-  io_utils.makedirs(run_dir)
+  run_dir = io_utils.abspath(run_dir or exp.run(ppo_run_name(objective, gamma, seed, learner)))
+  iteration = rloo.iteration_fn(learner)
+  trainer_utils.check_run_dir(run_dir, resume, RESULTS_FILE)
   pool_length = pools.load_npz(exp.pool('eval'))['pool_responses'].shape[-1]
   if hp.max_response_length != pool_length:  # the SFT baseline must get the same budget
     raise ValueError(f'PPOHyperparams.max_response_length = {hp.max_response_length} but the '
@@ -225,7 +229,7 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
   vocab = None
 
   def train_step(state_, batch):
-    state_, metrics = ppo.ppo_iteration(setup, state_, batch)
+    state_, metrics = iteration(setup, state_, batch)
     return state_, {**metrics, **{f'time/{k}': v for k, v in setup.timings.items()}}
 
   writer = metrics_lib.MetricsWriter(run_dir)
@@ -246,14 +250,20 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
           'step': step, 'prompt': vocab.decode([int(t) for t in p if t > 1]),
           'response': vocab.decode([int(t) for t in r if t > 1])})
 
-  info = {'exp_dir': io_utils.abspath(exp_dir), 'objective': objective.to_dict(), 'kl_coef': gamma,
-          'alpha': ppo_math.alpha_from_kl_coef(
-      gamma), 'seed': seed, 'steps': steps, 'batch_size': batch_size, 'hp': dataclasses.asdict(hp)}
+  info = {'exp_dir': exp.root, 'objective': objective.to_dict(), 'kl_coef': gamma,
+          'alpha': ppo_math.alpha_from_kl_coef(gamma), 'seed': seed, 'steps': steps,
+          'batch_size': batch_size, 'hp': dataclasses.asdict(hp), 'learner': learner}
+  _check_same_run(run_dir, info)
   io_utils.atomic_write_json(os.path.join(run_dir, 'run.json'), info)
   gin_utils.write_operative_config(run_dir)
   checkpointer = checkpointing.TrainCheckpointer(
       os.path.join(run_dir, 'checkpoints'), save_interval_steps=checkpoint_every, max_to_keep=2)
   with partitioning.activate(mesh), checkpointer, writer:
+    if learner == 'ppo' and checkpointer.latest_step() is None:  # a resumed run has its critic
+      state, critic_stats = critic.init_critic(setup, state)
+      if critic_stats:
+        state = jax.jit(lambda s: s, out_shardings=partitioning.replicated(mesh))(state)
+        io_utils.atomic_write_json(os.path.join(run_dir, 'critic_init.json'), critic_stats)
     result = loop.run_training(
         state, train_step, setup.batch, total_steps=steps, checkpointer=checkpointer,
         metrics_writer=writer, log_every=log_every, resume=resume,
@@ -265,7 +275,7 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
   evaluated = evaluate_ppo(exp, objective, gamma, seed, result.state.policy.params, models, hp,
                            evaluation, run=os.path.basename(run_dir.rstrip('/')),
                            train_seconds=time.time() - start_time,
-                           last_metrics=result.last_metrics)
+                           last_metrics=result.last_metrics, learner=learner)
   _write_results(run_dir, [evaluated])
   return evaluated
 
@@ -273,7 +283,7 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
 def evaluate_ppo(exp: pools.ExperimentDirs, objective: Objective, gamma: float, seed: int,
                  params: Any, models: pools_stage.Models, hp: ppo_step.PPOHyperparams,
                  evaluation: PPOEval, run: str, train_seconds: float,
-                 last_metrics: dict[str, Any]) -> results_lib.RunResult:
+                 last_metrics: dict[str, Any], learner: str = 'ppo') -> results_lib.RunResult:
   """Samples the final π on the evaluation prompts; judged, with KL and the optimum's share."""
   arrays = pools.load_npz(exp.pool('eval'))
   prompts = arrays['prompt_ids']
@@ -301,7 +311,7 @@ def evaluate_ppo(exp: pools.ExperimentDirs, objective: Objective, gamma: float, 
   extra = {'utility': float(u.mean()), 'objective_value': reached,
            'optimum_objective_value': best, 'pi0_objective_value': baseline,
            'objective_fraction_of_optimum': fraction, 'train_seconds': round(train_seconds, 1),
-           'alpha': ppo_math.alpha_from_kl_coef(gamma),
+           'alpha': ppo_math.alpha_from_kl_coef(gamma), 'learner': learner,
            'final_train_metrics': dict(last_metrics)}
   return evaluate_lib.evaluate(
       run=run, method='ppo', objective=objective.name, transform=objective.transform.value,
@@ -318,12 +328,26 @@ def objective_from_dict(d: dict[str, Any]) -> Objective:
                    references=tuple(ReferenceSpec(**r) for r in d['references']))
 
 
+def _check_same_run(run_dir: str, info: Mapping[str, Any]) -> None:
+  """A resumed run must be the run in the directory: ValueError naming what differs."""
+  path = os.path.join(run_dir, 'run.json')
+  if not io_utils.exists(path):
+    return
+  saved = json.loads(io_utils.read_text(path))
+  new = json.loads(json.dumps(info))  # tuples as lists, as they were saved
+  differ = sorted(k for k in new if k != 'exp_dir' and saved.get(k) != new[k])
+  if differ:
+    raise ValueError(f'{run_dir} holds a PPO run of another config (differs in: '
+                     f'{", ".join(differ)}); choose a new --run_dir')
+
+
 def evaluate_run(run_dir: str, step: int | None = None) -> results_lib.RunResult:
   """Re-evaluates a PPO run directory from its checkpoint (default: the latest); writes results.
 
   The run's own run.json gives the experiment, objective, γ, seed and PPO settings, so this
   needs no gin; evaluation settings (PPOEval) come from gin when bound.
   """
+  run_dir = io_utils.abspath(run_dir)
   info_path = os.path.join(run_dir, 'run.json')
   if not io_utils.exists(info_path):
     raise FileNotFoundError(f'{info_path} not found: only PPO run directories are evaluated '
@@ -342,6 +366,7 @@ def evaluate_run(run_dir: str, step: int | None = None) -> results_lib.RunResult
   result = evaluate_ppo(exp, objective, float(info['kl_coef']), int(info['seed']),
                         state.policy.params, models, hp, PPOEval(),
                         run=os.path.basename(run_dir.rstrip('/')), train_seconds=0.0,
-                        last_metrics={'checkpoint_step': step})
+                        last_metrics={'checkpoint_step': step},
+                        learner=info.get('learner', 'ppo'))
   _write_results(run_dir, [result])
   return result

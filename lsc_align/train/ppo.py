@@ -85,11 +85,50 @@ def _place(setup: PPOSetup, batch: dict[str, np.ndarray]) -> dict[str, jax.Array
   return partitioning.shard_batch(batch, setup.mesh)
 
 
+def repeat_samples(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
+  """Each prompt row k times in a row (rows i·k .. i·k + k − 1 are prompt i's samples)."""
+  return batch if k == 1 else {key: jnp.repeat(v, k, axis=0) for key, v in batch.items()}
+
+
+def minibatch_updates(train: TrainState, config: Any, hp: PPOHyperparams,
+                      rollout: ppo_step.Rollout, shuffle_key: jax.Array
+                      ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """hp.epochs passes of hp.num_minibatches clipped updates over the rollout; mean statistics."""
+  size = rollout.prompt_ids.shape[0]
+  if size % hp.num_minibatches:
+    raise ValueError(f'{size} rollouts not divisible by num_minibatches {hp.num_minibatches}')
+  mb = size // hp.num_minibatches
+  update_stats = []
+  for epoch in range(hp.epochs):
+    order = np.asarray(jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), size))
+    for i in range(hp.num_minibatches):
+      idx = order[i * mb:(i + 1) * mb]
+      minibatch = jax.tree.map(lambda x, idx=idx: x[idx], rollout)
+      train, stats = ppo_step.update_step(train, config, hp, minibatch)
+      update_stats.append(stats)
+  return train, jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *update_stats)
+
+
+def iteration_metrics(setup: PPOSetup, scores: ppo_step.Scores, response_mask: jax.Array,
+                      update_stats: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """The scalar metrics of one iteration (rollout utility, KL, objective, lengths, rewards)."""
+  mask = response_mask.astype(jnp.float32)
+  return {
+      'kl': jnp.mean(scores.kl),
+      'utility': jnp.mean(scores.utility),
+      'objective': jnp.mean(scores.utility) - setup.kl_coef * jnp.mean(scores.kl),
+      'response_length': jnp.mean(jnp.sum(mask, axis=-1)),
+      **{f'reward_{p}': jnp.mean(scores.rewards[:, i])
+         for i, p in enumerate(setup.scorer.objective.properties)},
+      **update_stats,
+  }
+
+
 def ppo_iteration(setup: PPOSetup, state: PPOState,
                   batch: dict[str, np.ndarray]) -> tuple[PPOState, dict[str, jax.Array]]:
   """One PPO iteration on a prompt batch; returns the new state and scalar metrics."""
   hp, config = setup.hp, setup.scorer.policy_config
-  batch = _place(setup, batch)
+  batch = repeat_samples(_place(setup, batch), hp.samples_per_prompt)
   key = jax.random.fold_in(state.policy.rng, state.step)
   rollout_key, shuffle_key = jax.random.split(key)
 
@@ -106,32 +145,9 @@ def ppo_iteration(setup: PPOSetup, state: PPOState,
   t2 = time.perf_counter()
   rollout = ppo_step.advantages_step(config, hp, state.policy.params, batch['prompt_ids'],
                                      sample.response_ids, scores.token_rewards)
-  train = state.policy
-  size = batch['prompt_ids'].shape[0]
-  if size % hp.num_minibatches:
-    raise ValueError(f'batch size {size} not divisible by num_minibatches {hp.num_minibatches}')
-  mb = size // hp.num_minibatches
-  update_stats = []
-  for epoch in range(hp.epochs):
-    order = np.asarray(jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), size))
-    for i in range(hp.num_minibatches):
-      idx = order[i * mb:(i + 1) * mb]
-      minibatch = jax.tree.map(lambda x, idx=idx: x[idx], rollout)
-      train, stats = ppo_step.update_step(train, config, hp, minibatch)
-      update_stats.append(stats)
+  train, stats = minibatch_updates(state.policy, config, hp, rollout, shuffle_key)
   jax.block_until_ready(train.params)
   t3 = time.perf_counter()
   setup.timings = {'rollout_s': t1 - t0, 'scoring_s': t2 - t1, 'update_s': t3 - t2}
-
-  mean_stats = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *update_stats)
-  mask = sample.response_mask.astype(jnp.float32)
-  metrics = {
-      'kl': jnp.mean(scores.kl),
-      'utility': jnp.mean(scores.utility),
-      'objective': jnp.mean(scores.utility) - setup.kl_coef * jnp.mean(scores.kl),
-      'response_length': jnp.mean(jnp.sum(mask, axis=-1)),
-      **{f'reward_{p}': jnp.mean(scores.rewards[:, i])
-         for i, p in enumerate(setup.scorer.objective.properties)},
-      **mean_stats,
-  }
+  metrics = iteration_metrics(setup, scores, sample.response_mask, stats)
   return PPOState(step=state.step + 1, policy=train), metrics

@@ -116,11 +116,14 @@ def policy_loss(logprobs: ArrayLike, old_logprobs: ArrayLike, advantages: ArrayL
 
 
 def value_loss(values: ArrayLike, old_values: ArrayLike, returns: ArrayLike, mask: ArrayLike,
-               value_clip: float) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Clipped value loss ½ E[max((V − R)², (clip(V, V_old ± c) − R)²)]."""
+               value_clip: float | None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Clipped value loss ½ E[max((V − R)², (clip(V, V_old ± c) − R)²)]; c = None: ½ E[(V − R)²]."""
   values = jnp.asarray(values)
   old_values = jnp.asarray(old_values)
   returns = jnp.asarray(returns)
+  if value_clip is None:
+    return 0.5 * masked_mean((values - returns) ** 2, mask), {
+        'value_clip_fraction': jnp.zeros((), jnp.float32)}
   clipped_values = old_values + jnp.clip(values - old_values, -value_clip, value_clip)
   losses = jnp.maximum((values - returns) ** 2, (clipped_values - returns) ** 2)
   loss = 0.5 * masked_mean(losses, mask)

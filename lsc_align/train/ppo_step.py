@@ -33,7 +33,7 @@ class PPOHyperparams:
   discount: float = 1.0
   gae_lambda: float = 0.95
   clip_ratio: float = 0.2
-  value_clip: float = 0.2
+  value_clip: float | None = 0.2   # V moves at most this far from V_old per update; None: off
   value_coef: float = 1.0
   entropy_coef: float = 0.0
   epochs: int = 1
@@ -41,14 +41,49 @@ class PPOHyperparams:
   max_grad_norm: float = 1.0
   temperature: float = 1.0
   max_response_length: int = 32
+  # True: the value loss trains the value head only (no value gradient into the shared trunk).
+  detach_value: bool = False
+  # Critic start: 'none' (V as SFT left it), 'mean_return' (value head's output bias set to the
+  # mean π0 return), 'prefit' (value head fitted to π0 rollouts' returns, value_prefit_steps).
+  value_init: str = 'none'
+  value_prefit_steps: int = 100
+  # Responses per prompt per iteration (the batch holds batch_size × this many rollouts); the
+  # RLOO learner needs ≥ 2 for its leave-one-out baseline.
+  samples_per_prompt: int = 1
+  # > 0: after warm-up, both learning rates fall linearly to 0 at this many updates (counted in
+  # minibatch updates, like warmup_steps); 0: constant after warm-up.
+  lr_decay_steps: int = 0
+
+  def __post_init__(self):
+    if self.value_init not in VALUE_INITS:
+      raise ValueError(f'PPOHyperparams.value_init {self.value_init!r} not in {VALUE_INITS}')
+    if self.value_clip is not None and not self.value_clip > 0:
+      raise ValueError(f'PPOHyperparams.value_clip must be > 0 or None, got {self.value_clip}')
+    if self.samples_per_prompt < 1:
+      raise ValueError(f'samples_per_prompt must be >= 1, got {self.samples_per_prompt}')
+
+
+VALUE_INITS = ('none', 'mean_return', 'prefit')
+
+
+def loss_config(config: PolicyConfig, hp: PPOHyperparams) -> PolicyConfig:
+  """The policy config for loss computations: value head detached from the trunk if asked."""
+  if hp.detach_value and not config.detach_value_head:
+    return dataclasses.replace(config, detach_value_head=True)
+  return config
 
 
 def make_optimizer(hp: PPOHyperparams, params: Any) -> optax.GradientTransformation:
-  """Adam with separate policy and value learning rates, linear warm-up then constant."""
+  """Adam with separate policy and value learning rates, linear warm-up then constant (or a
+  linear decay to 0 at hp.lr_decay_steps)."""
+  warmup = max(hp.warmup_steps, 1)
+  if hp.lr_decay_steps and hp.lr_decay_steps <= warmup:
+    raise ValueError(f'lr_decay_steps {hp.lr_decay_steps} must exceed warmup_steps {warmup}')
+
   def schedule(lr: float) -> optax.Schedule:
-    return optax.join_schedules(
-        [optax.linear_schedule(0.0, lr, max(hp.warmup_steps, 1)), optax.constant_schedule(lr)],
-        [max(hp.warmup_steps, 1)])
+    after = (optax.linear_schedule(lr, 0.0, hp.lr_decay_steps - warmup) if hp.lr_decay_steps
+             else optax.constant_schedule(lr))
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
   return optax.chain(
       optax.clip_by_global_norm(hp.max_grad_norm),
       optax.multi_transform({'policy': optax.adam(schedule(hp.policy_lr)),
@@ -151,6 +186,8 @@ def advantages_step(config: PolicyConfig, hp: PPOHyperparams, params: Any, promp
 def update_step(state: TrainState, config: PolicyConfig, hp: PPOHyperparams,
                 batch: Rollout) -> tuple[TrainState, dict[str, jax.Array]]:
   """One gradient step on a minibatch: clipped surrogate + clipped value loss (− entropy)."""
+  config = loss_config(config, hp)
+
   def loss_fn(params):
     s = sampling.response_logprobs(params, config, batch.prompt_ids, batch.response_ids,
                                    hp.temperature)
