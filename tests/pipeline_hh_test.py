@@ -22,12 +22,13 @@ def hh_experiment(shared_data, tmp_path_factory):
   from lsc_align.data import vocab  # pylint: disable=g-import-not-at-top  (seqio / TF)
   root = tmp_path_factory.mktemp('hh_experiment')
   hh_dir = shared_data / 'hh-rlhf'
-  texts = vocab.training_texts(hh_dir)[:3000]
+  texts = vocab.training_texts(hh_dir, lenient=True)[:3000]  # the shared files have bad lines
   vocab.train_sentencepiece(texts, str(root / 'spm'), 300)
   conftest.parse_tiny_experiment_gin()
   try:
     exp = experiment.prepare(str(root / 'exp'), data_dir=str(hh_dir),
-                             vocabulary=str(root / 'spm.model'), log=lambda _: None)
+                             vocabulary=str(root / 'spm.model'), lenient=True,
+                             log=lambda _: None)
     yield exp
   finally:
     gin.clear_config()
