@@ -33,7 +33,7 @@ class Command:
 
 # Modules whose gin configurables any command may reach; imported before gin is parsed and
 # locked. They import jax but not TensorFlow.
-CONFIGURABLE_MODULES = ('lsc_align.data.world_config', 'lsc_align.data.world',
+CONFIGURABLE_MODULES = ('lsc_align.world.config', 'lsc_align.world.dataset',
                         'lsc_align.models.t5_encoder',
                         'lsc_align.models.reward_model', 'lsc_align.models.policy',
                         'lsc_align.rewards.objectives', 'lsc_align.pipeline.pools_stage',
@@ -67,10 +67,10 @@ _OBJECTIVE = ('--objective', {'required': True,
 COMMANDS: dict[str, Command] = {
     'example': Command('lsc_align.rewards.example', 'main',
                        'print the reward library on the paper\'s worked examples'),
-    'world': Command('lsc_align.data.world', 'main',
+    'world': Command('lsc_align.world.dataset', 'main',
                      'write the embedded preference world (HH layout) to --out',
                      (_path('--out', required=True, help='output directory'),)),
-    'world-stats': Command('lsc_align.data.world_stats', 'stats_main',
+    'world-stats': Command('lsc_align.world.stats', 'stats_main',
                            'print the world\'s measured properties (Bayes accuracy, ...)',
                            (_path('--data', required=True, help='world directory'),)),
     'vocab': Command('lsc_align.data.vocab', 'main',

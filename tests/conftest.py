@@ -129,7 +129,7 @@ def tiny_world(tmp_path_factory) -> pathlib.Path:
   """A world written with configs/world/tiny.gin (gin cleared after)."""
   import gin  # pylint: disable=g-import-not-at-top
   from lsc_align import gin_utils  # pylint: disable=g-import-not-at-top
-  from lsc_align.data import world  # pylint: disable=g-import-not-at-top
+  from lsc_align.world import dataset as world  # pylint: disable=g-import-not-at-top
   out = tmp_path_factory.mktemp('world_tiny')
   try:
     gin_utils.parse(['world/tiny.gin'], finalize=False)

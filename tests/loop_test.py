@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from lsc_align import checkpointing
-from lsc_align import metrics
+from lsc_align import training_log as metrics
 from lsc_align.train import loop
 
 NUM_EXAMPLES = 40

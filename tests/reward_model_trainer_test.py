@@ -17,7 +17,7 @@ import pytest
 from lsc_align import gin_utils
 from lsc_align.models import reward_model
 from lsc_align.models import t5_encoder
-from lsc_align.train import data_arrays
+from lsc_align.data import arrays as data_arrays
 from lsc_align.train import loop
 from lsc_align.train import reward_model_trainer as rmt
 from lsc_align.train import trainer_utils

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from lsc_align import gin_utils
-from lsc_align.data import world
-from lsc_align.data import world_gold
+from lsc_align.world import dataset as world
+from lsc_align.world import gold as world_gold
 from lsc_align.eval import rm_diagnostics
 from lsc_align.train import reward_model_trainer as rmt
 
@@ -80,21 +80,6 @@ def test_term_differences_sum_to_the_gold_file(tiny_world, tmp_path):
     rm_diagnostics.term_differences(tmp_path, 'helpful', 'test')
   with pytest.raises(ValueError, match="property 'honest'"):
     rm_diagnostics.term_differences(tiny_world, 'honest', 'test')
-
-
-def test_gold_targets_are_the_gold_sign_and_probability(tiny_world):
-  n = 120
-  sign = rmt.gold_targets(str(tiny_world), 'helpful', 'train', n, 'gold_sign')
-  prob = rmt.gold_targets(str(tiny_world), 'helpful', 'train', n, 'gold_probability')
-  diff = rmt.gold_differences(str(tiny_world), 'helpful', 'train', n)
-  np.testing.assert_array_equal(sign, np.where(np.isclose(diff, 0), 0.5, diff > 0))
-  assert prob.shape == (n,) and np.all((prob > 0) & (prob < 1))
-  # p_chosen is the probability of the label drawn: at least 1/2 where the label agrees with gold
-  assert np.all(prob[sign == 1.0] >= 0.5) and np.all(prob[sign == 0.0] <= 0.5)
-  with pytest.raises(ValueError, match="world_labels 'gold'"):
-    rmt.gold_targets(str(tiny_world), 'helpful', 'train', n, 'gold')
-  with pytest.raises(ValueError, match='has 120 gold rows'):
-    rmt.gold_targets(str(tiny_world), 'helpful', 'train', n + 1, 'gold_sign')
 
 
 @pytest.fixture(scope='module')

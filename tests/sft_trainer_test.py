@@ -15,7 +15,7 @@ import pytest
 
 from lsc_align import gin_utils
 from lsc_align.models import policy
-from lsc_align.train import data_arrays
+from lsc_align.data import arrays as data_arrays
 from lsc_align.train import loop
 from lsc_align.train import sft_trainer
 from lsc_align.train import trainer_utils

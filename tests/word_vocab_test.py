@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from lsc_align.data import word_vocab
-from lsc_align.data import world_config
+from lsc_align.world import vocabulary as word_vocab
+from lsc_align.world import config as world_config
 
 WORDS = world_config.world_words(world_config.WorldConfig())
 DIALOGUE = ("\n\nHuman: how do I deal with my rice ?\n\nAssistant: try these : 1. boil rice . "

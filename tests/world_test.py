@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from lsc_align import gin_utils
-from lsc_align.data import word_vocab
-from lsc_align.data import world
-from lsc_align.data import world_config
-from lsc_align.data import world_gold
-from lsc_align.data import world_judge
-from lsc_align.data import world_stats
+from lsc_align.world import vocabulary as word_vocab
+from lsc_align.world import dataset as world
+from lsc_align.world import config as world_config
+from lsc_align.world import gold as world_gold
+from lsc_align.world import judge as world_judge
+from lsc_align.world import stats as world_stats
 
 TINY = world_config.WorldConfig(train_prompts=30, test_prompts=10)
 FILES = ('helpful-base/train.jsonl.gz', 'helpful-base/test.jsonl.gz',
@@ -233,7 +233,7 @@ def test_modules_do_not_import_tensorflow():
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   code = ('import sys\n'
-          'from lsc_align.data import word_vocab, world, world_judge, world_stats\n'
+          'from lsc_align.world import dataset, judge, stats, vocabulary\n'
           'assert "tensorflow" not in sys.modules, "tensorflow imported"\n')
   env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parent.parent))
   subprocess.run([sys.executable, '-c', code], check=True, env=env, timeout=60)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator
 
-from lsc_align.data import tf_import
+from lsc_align import tf_import
 
 tf_import.import_quietly()
 from etils import epath

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
 import numpy as np
-from lsc_align.data import tf_import
+from lsc_align import tf_import
 
 tf_import.import_quietly()
 import seqio

@@ -19,7 +19,7 @@ import io
 import os
 from typing import Any, Iterable, Iterator, Sequence
 
-from lsc_align.data import tf_import
+from lsc_align import tf_import
 
 tf_import.import_quietly()
 import seqio

@@ -11,10 +11,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from lsc_align.eval import metrics
+from lsc_align.eval import win_rates
 from lsc_align.eval.results import RunResult
 
-DEFAULT_QUANTILES = {'helpful': metrics.HELPFUL_QUANTILE, 'harmless': metrics.HARMLESS_QUANTILE}
+DEFAULT_QUANTILES = {'helpful': win_rates.HELPFUL_QUANTILE,
+                     'harmless': win_rates.HARMLESS_QUANTILE}
 NUM_HISTOGRAM_SAMPLES = 2000
 
 
@@ -28,7 +29,7 @@ def _weights(shape: tuple[int, int], weights: np.ndarray | None) -> np.ndarray:
 
 
 def _ci(per_prompt: np.ndarray, seed: int) -> list[float]:
-  ci = metrics.bootstrap_ci(per_prompt, seed=seed)
+  ci = win_rates.bootstrap_ci(per_prompt, seed=seed)
   return [float(ci.low), float(ci.high)]
 
 
@@ -50,15 +51,15 @@ def evaluate(*, run: str, method: str, objective: str, transform: str, seed: int
   w = _weights(shape, sample_weights)
   win_rate, win_rate_ci, pairwise, pairwise_ci, gold, samples = {}, {}, {}, {}, {}, {}
   for prop in props:
-    pol = metrics.check_no_nan(f'policy_judge[{prop!r}]', policy_judge[prop])
-    sft = metrics.check_no_nan(f'sft_judge[{prop!r}]', sft_judge[prop])
-    wins = np.asarray(metrics.quantile_wins(pol, sft, quantiles[prop]), np.float64)
+    pol = win_rates.check_no_nan(f'policy_judge[{prop!r}]', policy_judge[prop])
+    sft = win_rates.check_no_nan(f'sft_judge[{prop!r}]', sft_judge[prop])
+    wins = np.asarray(win_rates.quantile_wins(pol, sft, quantiles[prop]), np.float64)
     per_prompt = np.sum(w * wins, axis=1)
     win_rate[prop] = float(per_prompt.mean())
     win_rate_ci[prop] = _ci(per_prompt, seed)
     gold[prop] = float(np.sum(w * pol, axis=1).mean())
     if sample_weights is None:
-      pw = metrics.pairwise_win_rate(pol, sft, beta=judge_beta, position_bias=judge_position_bias,
+      pw = win_rates.pairwise_win_rate(pol, sft, beta=judge_beta, position_bias=judge_position_bias,
                                      seed=seed)
       pairwise[prop] = float(pw.overall)
       pairwise_ci[prop] = _ci(pw.per_prompt, seed)
@@ -70,9 +71,9 @@ def evaluate(*, run: str, method: str, objective: str, transform: str, seed: int
       samples[prop] = pol[rows, cols].astype(float).tolist()
   and_rate = and_ci = None
   if {'helpful', 'harmless'} <= set(props):
-    help_wins = np.asarray(metrics.quantile_wins(policy_judge['helpful'], sft_judge['helpful'],
+    help_wins = np.asarray(win_rates.quantile_wins(policy_judge['helpful'], sft_judge['helpful'],
                                                  0.5))
-    harm_wins = np.asarray(metrics.quantile_wins(policy_judge['harmless'],
+    harm_wins = np.asarray(win_rates.quantile_wins(policy_judge['harmless'],
                                                  sft_judge['harmless'], 0.5))
     per_prompt = np.sum(w * (help_wins & harm_wins), axis=1)
     and_rate, and_ci = float(per_prompt.mean()), _ci(per_prompt, seed)

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 from etils import epath
 import numpy as np
 
-from lsc_align import metrics as metrics_lib
+from lsc_align import training_log as metrics_lib
 from lsc_align.eval import plots
 from lsc_align.eval import results as results_lib
 from lsc_align.eval.results import FrontierPoint, RunResult

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from lsc_align import io_utils
-from lsc_align.eval import metrics as eval_metrics
+from lsc_align.eval import win_rates as eval_metrics
 from lsc_align.eval import results as eval_results
 
 FrontierPoint = eval_results.FrontierPoint

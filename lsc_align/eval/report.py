@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from lsc_align import io_utils
-from lsc_align.eval import metrics as eval_metrics
+from lsc_align.eval import win_rates as eval_metrics
 from lsc_align.eval import plots
 from lsc_align.eval import results as eval_results
 from lsc_align.eval.results import FrontierPoint, RunResult  # pylint: disable=unused-import

@@ -27,9 +27,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from lsc_align import io_utils
-from lsc_align.data import world
-from lsc_align.data import world_gold
-from lsc_align.data import world_stats
+from lsc_align.world import dataset as world
+from lsc_align.world import gold as world_gold
+from lsc_align.world import stats as world_stats
+from lsc_align.world import supervision
 
 OUTPUT_FILE = 'rm_diagnostics.json'
 # A term that differs on fewer pairs than this share has too little support for a weight.
@@ -81,24 +82,6 @@ def _complement(share: float | None) -> float | None:
   return None if share is None else 1.0 - share
 
 
-def gold_metrics(margins: np.ndarray, gold_diff: np.ndarray) -> dict[str, Any]:
-  """How the labels and the model's margins r+ − r− compare with the gold preference.
-
-  `gold_label_agreement` (ties 1/2) is the Bayes accuracy: no reward model can expect to beat
-  it on these labels. `model_gold_agreement` is over pairs with a gold difference (None if
-  there are none).
-  """
-  from lsc_align.train import trainer_utils  # pylint: disable=g-import-not-at-top
-  gold_diff = np.asarray(gold_diff, np.float64)
-  tie = np.isclose(gold_diff, 0.0)
-  label_agreement = np.where(tie, 0.5, (gold_diff > 0).astype(float))
-  low, high = trainer_utils.wilson_interval(float(label_agreement.sum()), len(label_agreement))
-  agrees = np.sign(np.asarray(margins)[~tie]) == np.sign(gold_diff[~tie])
-  return {'gold_label_agreement': float(label_agreement.mean()),
-          'gold_label_agreement_ci95': [low, high], 'gold_tie_share': float(tie.mean()),
-          'model_gold_agreement': float(agrees.mean()) if agrees.size else None}
-
-
 def diagnose(margins: np.ndarray, term_diffs: np.ndarray, names: Sequence[str]
              ) -> dict[str, Any]:
   """Compares reward margins [N] with gold term differences [N, K] (see the module docstring).
@@ -126,7 +109,7 @@ def diagnose(margins: np.ndarray, term_diffs: np.ndarray, names: Sequence[str]
   correct = np.where(margins > 0, 1.0, np.where(margins == 0, 0.5, 0.0))
   disagrees = (np.sign(margins) != np.sign(gold)) & ~tie
   out: dict[str, Any] = {'pairs': int(len(margins)), 'accuracy': float(correct.mean()),
-                         **gold_metrics(margins, gold)}
+                         **supervision.gold_agreement(margins, gold)}
   edges = np.quantile(np.abs(gold[~tie]), [0.25, 0.5, 0.75]) if (~tie).any() else np.zeros(3)
   bins = np.digitize(np.abs(gold), edges)
   out['gold_quartile_edges'] = [float(e) for e in edges]
@@ -161,7 +144,7 @@ def reward_margins(run_dir: str, data_dir: str, split: str) -> np.ndarray:
   import jax  # pylint: disable=g-import-not-at-top
   from lsc_align import partitioning  # pylint: disable=g-import-not-at-top
   from lsc_align.models import reward_model  # pylint: disable=g-import-not-at-top
-  from lsc_align.train import data_arrays  # pylint: disable=g-import-not-at-top
+  from lsc_align.data import arrays as data_arrays  # pylint: disable=g-import-not-at-top
   from lsc_align.train import reward_model_trainer as trainer  # pylint: disable=g-import-not-at-top
   from lsc_align.train import trainer_utils  # pylint: disable=g-import-not-at-top
   info = trainer.reward_model_info(run_dir)

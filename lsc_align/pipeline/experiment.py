@@ -91,7 +91,7 @@ def prepare(exp_dir: str, pool_sizes: pools_stage.PoolSizes | None = None,
       instead of failing on the first.
     log: progress lines.
   """
-  from lsc_align.data import world as world_lib  # pylint: disable=g-import-not-at-top
+  from lsc_align.world import dataset as world_lib  # pylint: disable=g-import-not-at-top
   from lsc_align.train import reward_model_trainer, sft_trainer  # pylint: disable=g-import-not-at-top
   exp = pools.ExperimentDirs(exp_dir)  # its root is absolute
   io_utils.makedirs(exp.root)

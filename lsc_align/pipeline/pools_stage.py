@@ -20,9 +20,9 @@ import jax
 import numpy as np
 
 from lsc_align import io_utils
-from lsc_align.data import world as world_lib
-from lsc_align.data import world_judge
-from lsc_align.train import data_arrays
+from lsc_align.world import dataset as world_lib
+from lsc_align.world import judge as world_judge
+from lsc_align.data import arrays as data_arrays
 from lsc_align.train import pools
 from lsc_align.train import references
 from lsc_align.train import reward_model_trainer

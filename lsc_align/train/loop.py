@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from lsc_align import checkpointing
-from lsc_align import metrics as metrics_lib
+from lsc_align import training_log as metrics_lib
 
 State = TypeVar('State')
 Batch = Any

@@ -69,7 +69,8 @@ class ExperimentDirs:
 
   @property
   def is_world(self) -> bool:
-    return io_utils.exists(os.path.join(self.data, 'world.json'))
+    from lsc_align.world import supervision  # pylint: disable=g-import-not-at-top
+    return supervision.is_world(self.data)
 
   def reward_model(self, prop: str) -> str:
     return os.path.join(self.root, f'rm_{prop}')
@@ -97,11 +98,8 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
 
 def canned_response_texts(data_dir: str) -> tuple[str, ...]:
   """The data source's refusal phrases: the world's own, or the HH defaults."""
-  world_json = os.path.join(data_dir, 'world.json')
-  if io_utils.exists(world_json):
-    from lsc_align.data import world  # pylint: disable=g-import-not-at-top
-    return tuple(world.load_config(data_dir).refusal_phrases)
-  return DEFAULT_REFUSALS
+  from lsc_align.world import supervision  # pylint: disable=g-import-not-at-top
+  return supervision.refusal_phrases(data_dir) or DEFAULT_REFUSALS
 
 
 def encode_canned(texts: Sequence[str], encode: Any, eos_id: int = policy.EOS_ID,

@@ -3,7 +3,7 @@
 Trains r(x, y) (T5 encoder + pooled scalar head, lsc_align.models.reward_model) on the train-split
 pairs of one property by minimising the BT loss −log σ(r(x, y+) − r(x, y−)) (DESIGN §1), sharded
 on a ('data', 'model') mesh. Validation pairs: the world's test split, or the split derived from
-HH test (lsc_align.train.data_arrays.validation_split); pairwise accuracy with a 95% Wilson
+HH test (lsc_align.data.arrays.validation_split); pairwise accuracy with a 95% Wilson
 interval, mean BT loss and, for the world, agreement with the gold preference.
 
 The run directory gets: config.gin (operative gin config), checkpoints/ (orbax: params, optimizer
@@ -29,25 +29,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lsc_align import checkpointing
-from lsc_align import gin_utils
 from lsc_align import io_utils
-from lsc_align import metrics as metrics_lib
-from lsc_align import partitioning
-from lsc_align.eval import rm_diagnostics
+from lsc_align import stats
+from lsc_align.data import arrays as data_arrays
 from lsc_align.models import reward_model
 from lsc_align.models import t5_encoder
 from lsc_align.models import t5x_checkpoint
-from lsc_align.train import data_arrays
 from lsc_align.train import loop
+from lsc_align.train import trainer
 from lsc_align.train import trainer_utils
+from lsc_align.world import supervision
 
 PARAMS_FILE = 'rm_final.msgpack'
 INFO_FILE = 'reward_model.json'
 EVAL_FILE = 'eval.json'
-# Training labels on the embedded world: the drawn labels (what a real data set gives), or
-# gold-derived targets that remove label noise, to measure what limits a reward model.
-WORLD_LABELS = ('drawn', 'gold_probability', 'gold_sign')
+WORLD_LABELS = supervision.WORLD_LABELS
 
 
 def pack_pairs(arrays: Mapping[str, np.ndarray], max_length: int,
@@ -112,55 +108,11 @@ def pair_metrics(chosen: np.ndarray, rejected: np.ndarray) -> dict[str, Any]:
   """Pairwise accuracy (ties 1/2) with its 95% Wilson interval, BT loss, margins."""
   margin = chosen.astype(np.float64) - rejected.astype(np.float64)
   correct = np.where(margin > 0, 1.0, np.where(margin == 0, 0.5, 0.0))
-  low, high = trainer_utils.wilson_interval(float(correct.sum()), len(correct))
+  low, high = stats.wilson_interval(float(correct.sum()), len(correct))
   return {'pairs': int(len(margin)), 'accuracy': float(correct.mean()),
           'accuracy_ci95': [low, high], 'loss': float(np.mean(np.logaddexp(0.0, -margin))),
           'reward_margin_mean': float(margin.mean()),
           'reward_std': float(np.std(np.concatenate([chosen, rejected])))}
-
-
-def gold_differences(data_dir: str, property_name: str, split: str,
-                     num_pairs: int) -> np.ndarray | None:
-  """Gold u(y+) − u(y−) of each pair of a world split (file order), or None if not a world."""
-  from lsc_align.data import world  # pylint: disable=g-import-not-at-top
-  rows = world.read_gold_rows(data_dir, property_name, split)
-  if rows is None:
-    return None
-  if len(rows) != num_pairs:
-    logging.warning('%s/gold.jsonl.gz: %d gold rows for %s/%s but %d pairs; no gold comparison',
-                    data_dir, len(rows), property_name, split, num_pairs)
-    return None
-  return world.gold_differences(rows, property_name)
-
-
-def gold_targets(data_dir: str, property_name: str, split: str, num_pairs: int,
-                 world_labels: str) -> np.ndarray:
-  """p(y+ > y−) per training pair for `world_labels` 'gold_probability' or 'gold_sign'.
-
-  'gold_probability' is the labelling model's own BT probability (the expectation of the drawn
-  label); 'gold_sign' is 1 / 0 / ½ by the sign of the gold difference (noise-free labels).
-
-  Raises:
-    ValueError: an unknown mode, or data_dir is not a world with gold for every pair.
-  """
-  if world_labels not in WORLD_LABELS[1:]:
-    raise ValueError(f'train_reward_model.world_labels {world_labels!r} must be one of '
-                     f'{WORLD_LABELS}')
-  from lsc_align.data import world  # pylint: disable=g-import-not-at-top
-  rows = world.read_gold_rows(data_dir, property_name, split)
-  if rows is None or len(rows) != num_pairs:
-    raise ValueError(f'train_reward_model.world_labels = {world_labels!r} needs an embedded world '
-                     f'with gold for each of the {num_pairs} {split} pairs; {data_dir} has '
-                     f'{"no gold.jsonl.gz" if rows is None else f"{len(rows)} gold rows"}')
-  if world_labels == 'gold_probability':
-    return np.array([r['p_chosen'] for r in rows], np.float32)
-  diff = world.gold_differences(rows, property_name)
-  return np.where(np.isclose(diff, 0.0), 0.5, (diff > 0).astype(np.float64)).astype(np.float32)
-
-
-def _write_info(run_dir: str, config: reward_model.RewardModelConfig, info: dict[str, Any]):
-  io_utils.atomic_write_json(os.path.join(run_dir, INFO_FILE),
-                             {'config': dataclasses.asdict(config), **info})
 
 
 def reward_model_info(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -259,24 +211,24 @@ def train_reward_model(
   if property_name not in data_arrays.PROPERTY_SUBSETS:
     raise ValueError(f'train_reward_model.property_name {property_name!r} must be one of '
                      f'{sorted(data_arrays.PROPERTY_SUBSETS)}')
-  trainer_utils.check_run_dir(run_dir, resume, PARAMS_FILE)
   if init_t5x_checkpoint is not None and not io_utils.exists(init_t5x_checkpoint):
     raise ValueError(f'train_reward_model.init_t5x_checkpoint {init_t5x_checkpoint}: no such '
                      'file or directory')
+  settings = trainer.Settings(
+      'train_reward_model', steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+      warmup_steps=warmup_steps, schedule=schedule, weight_decay=weight_decay,
+      grad_clip_norm=grad_clip_norm, eval_every=eval_every, eval_batch_size=eval_batch_size,
+      log_every=log_every, checkpoint_every=checkpoint_every, seed=seed, mesh_shape=mesh_shape,
+      resume=resume)
   config = model or reward_model.RewardModelConfig()
   num_ids = data_arrays.vocabulary_size(vocabulary)
   if config.encoder.vocab_size < num_ids:
     raise ValueError(f'T5EncoderConfig.vocab_size = {config.encoder.vocab_size} is smaller than '
                      f'the vocabulary {vocabulary} ({num_ids} ids)')
-  mesh = partitioning.create_mesh(tuple(mesh_shape))
-  trainer_utils.check_batch_sizes(mesh, 'train_reward_model', batch_size=batch_size,
-                                  eval_batch_size=eval_batch_size)
   eval_split = data_arrays.validation_split(data_dir,
                                             data_arrays.PROPERTY_SUBSETS[property_name])
-  # Every data line is checked before the run directory gets anything (strict by default).
-  data_arrays.check_data(data_dir, [f'pairs/{property_name}'], ('train', eval_split),
-                         lenient=lenient, out_dir=run_dir)
-  io_utils.makedirs(run_dir)
+  mesh = trainer.prepare_run_dir(settings, run_dir, PARAMS_FILE, data_dir,
+                                 [f'pairs/{property_name}'], eval_split, lenient=lenient)
   cache_dir = cache_dir or os.path.join(run_dir, 'arrays')
   lengths = {'prompt_length': prompt_length, 'response_length': response_length}
   raw = {split: data_arrays.pair_arrays(data_dir, vocabulary, property_name, split,
@@ -286,8 +238,8 @@ def train_reward_model(
   if world_labels != 'drawn':
     logging.warning('train_reward_model.world_labels = %r: this model learns from the gold, '
                     'a diagnostic, not a proxy reward', world_labels)
-    targets = gold_targets(data_dir, property_name, 'train', len(raw['train']['prompt_ids']),
-                           world_labels)
+    targets = supervision.gold_label_targets(data_dir, property_name, 'train',
+                                             len(raw['train']['prompt_ids']), world_labels)
   if max_train_pairs is not None:
     raw['train'] = {k: v[:max_train_pairs] for k, v in raw['train'].items()}
   train_pairs = pack_pairs(raw['train'], max_length, response_length)
@@ -298,90 +250,47 @@ def train_reward_model(
                 for split, arrays in raw.items() for name, ids in arrays.items()}
 
   net = reward_model.RewardModel(config)
-  tx, lr = trainer_utils.make_optimizer(learning_rate, warmup_steps=warmup_steps,
-                                        total_steps=steps, weight_decay=weight_decay,
-                                        schedule=schedule, grad_clip_norm=grad_clip_norm)
   dummy = jnp.ones((1, max_length), jnp.int32)
-  boxed = jax.eval_shape(net.init, jax.random.key(0), dummy)['params']
-  state, shardings = trainer_utils.init_sharded_state(
-      lambda key: nn.unbox(net.init(key, dummy)['params']), boxed, tx, seed, mesh)
-  if init_t5x_checkpoint:
+  reward_fn = jax.jit(make_pair_reward_fn(net))
+  gold_diff = supervision.gold_pair_differences(data_dir, property_name, eval_split,
+                                                len(eval_pairs['chosen']))
+
+  def evaluate(params: Any, mesh_: Any) -> dict[str, Any]:
+    rewards = trainer_utils.batched_apply(lambda batch: reward_fn(params, batch), eval_pairs,
+                                          eval_batch_size, mesh_)
+    result = pair_metrics(rewards['chosen'], rewards['rejected'])
+    if gold_diff is not None:
+      result.update(supervision.gold_agreement(rewards['chosen'] - rewards['rejected'],
+                                               gold_diff))
+    return result
+
+  def load_t5x(state: loop.TrainState, shardings: loop.TrainState) -> loop.TrainState:
     encoder_params, report = t5x_checkpoint.load_encoder_params(init_t5x_checkpoint,
                                                                 config.encoder)
     logging.info('%s', report.summary())
     merged = t5x_checkpoint.insert_encoder_params(trainer_utils.to_host(state.params),
                                                   encoder_params)
-    state = state.replace(params=trainer_utils.place_params(merged, shardings.params))
-  logging.info('%s', partitioning.verify_sharding(state.params, shardings.params, mesh).summary())
+    return state.replace(params=trainer_utils.place_params(merged, shardings.params))
 
-  schedule_ = loop.EpochBatchSchedule(len(train_pairs['chosen']), batch_size, seed=seed)
-  shard, num_shards = jax.process_index(), jax.process_count()
-
-  def batch_fn(step: int) -> dict[str, jax.Array]:
-    idx = schedule_.batch_indices(step, shard, num_shards)
-    return partitioning.shard_batch({k: v[idx] for k, v in train_pairs.items()}, mesh)
-
-  batch_sh = partitioning.batch_sharding(mesh)
-  train_step = jax.jit(make_train_step(net, lr), in_shardings=(shardings, batch_sh),
-                       out_shardings=(shardings, partitioning.replicated(mesh)),
-                       donate_argnums=(0,))
-  reward_fn = jax.jit(make_pair_reward_fn(net))
-  gold_diff = gold_differences(data_dir, property_name, eval_split, len(eval_pairs['chosen']))
-
-  def evaluate(params: Any) -> dict[str, Any]:
-    rewards = trainer_utils.batched_apply(lambda batch: reward_fn(params, batch), eval_pairs,
-                                          eval_batch_size, mesh)
-    result = pair_metrics(rewards['chosen'], rewards['rejected'])
-    if gold_diff is not None:
-      result.update(rm_diagnostics.gold_metrics(rewards['chosen'] - rewards['rejected'],
-                                                gold_diff))
-    return result
-
-  writer = metrics_lib.MetricsWriter(run_dir)
-
-  def step_callback(step: int, state_: loop.TrainState, _: Any) -> None:
-    if eval_every and step % eval_every == 0 and step != steps:
-      scalars = {f'eval/{k}': v for k, v in evaluate(state_.params).items()
-                 if isinstance(v, (int, float))}
-      writer.write(step, scalars)
-      logging.info('step %d eval: %s', step, scalars)
-
-  info = {'vocabulary': vocabulary, 'data_dir': data_dir, 'property': property_name, 'max_length': max_length,
-          **lengths, 'num_params': trainer_utils.count_params(state.params),
+  spec = trainer.TrainerSpec(
+      init_params=lambda key: nn.unbox(net.init(key, dummy)['params']),
+      boxed_params=jax.eval_shape(net.init, jax.random.key(0), dummy)['params'],
+      make_train_step=lambda lr: make_train_step(net, lr), train_arrays=train_pairs,
+      evaluate=evaluate, params_file=PARAMS_FILE, info_file=INFO_FILE, summary_file=EVAL_FILE,
+      adjust_state=load_t5x if init_t5x_checkpoint else None)
+  info = {'config': dataclasses.asdict(config), 'vocabulary': vocabulary, 'data_dir': data_dir,
+          'property': property_name, 'max_length': max_length, **lengths,
           'world_labels': world_labels}
-  gin_utils.write_operative_config(run_dir)
-  checkpointer = checkpointing.TrainCheckpointer(
-      os.path.join(run_dir, 'checkpoints'), save_interval_steps=checkpoint_every, max_to_keep=2)
-  with partitioning.activate(mesh), checkpointer, writer:
-    result = loop.run_training(
-        state, train_step, batch_fn, total_steps=steps, checkpointer=checkpointer,
-        metrics_writer=writer, log_every=log_every, resume=resume,
-        progress=metrics_lib.ProgressPrinter(steps, ('loss', 'accuracy')),
-        host_state_fn=schedule_.host_state, load_host_state=schedule_.check_host_state,
-        step_callback=step_callback)
-    if result.status is loop.TrainStatus.COMPLETED:
-      final = evaluate(result.state.params)
-      writer.write(steps, {f'eval/{k}': v for k, v in final.items()
-                           if isinstance(v, (int, float))})
-  if result.status is not loop.TrainStatus.COMPLETED:
-    return result
-  trainer_utils.save_params(os.path.join(run_dir, PARAMS_FILE), result.state.params)
-  _write_info(run_dir, config, {**info, 'step': result.step})
-  summary = {'property': property_name, 'split': eval_split, 'step': result.step,
-             'train_pairs': len(train_pairs['chosen']), **final,
-             'final_train_metrics': result.last_metrics, 'truncation': truncation,
-             'num_params': info['num_params'], 'world_labels': world_labels,
-             'seconds': round(time.time() - start_time, 1),
-             'resumed_from_step': result.start_step}
-  io_utils.atomic_write_json(os.path.join(run_dir, EVAL_FILE), summary)
-  gin_utils.write_operative_config(run_dir)
-  print(json.dumps({k: summary[k] for k in ('property', 'split', 'step', 'pairs', 'accuracy',
-                                            'accuracy_ci95', 'loss', 'seconds')
-                    if k in summary} | {k: summary[k] for k in ('gold_label_agreement',
-                                                               'model_gold_agreement')
-                                        if k in summary}), flush=True)
+  summary = {'property': property_name, 'split': eval_split,
+             'train_pairs': len(train_pairs['chosen']), 'truncation': truncation,
+             'world_labels': world_labels}
+  result, summary = trainer.run(spec, settings, run_dir, mesh, info, summary, start_time)
+  if summary is not None:
+    print(json.dumps({k: summary[k] for k in ('property', 'split', 'step', 'pairs', 'accuracy',
+                                              'accuracy_ci95', 'loss', 'seconds',
+                                              'gold_label_agreement', 'model_gold_agreement')
+                      if k in summary}), flush=True)
   return result
-
 
 def main(args: argparse.Namespace) -> int:
   """`lsc-align train-rm --run_dir DIR [--resume] [--init_t5x_checkpoint PATH]`."""

@@ -7,7 +7,7 @@ split or HH's derived validation split): per-token NLL (= the loss), per-respons
 over a response's tokens, averaged over responses), perplexity and next-token accuracy.
 
 For the embedded world it also reports, on the validation prompts, the data-collection policy's
-entropy per token (an upper bound, lsc_align.train.world_policy_entropy) and π0's NLL per token
+entropy per token (an upper bound, lsc_align.world.policy_entropy) and π0's NLL per token
 on fresh samples of that policy: cross-entropy = entropy + KL, so the two are directly
 comparable. (The validation loss itself is on chosen responses, which are a BT-selected subset
 of the policy's samples, so it sits near, not exactly at, the policy's entropy.)
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import math
 import os
 import time
@@ -33,16 +32,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lsc_align import checkpointing
-from lsc_align import gin_utils
 from lsc_align import io_utils
-from lsc_align import metrics as metrics_lib
-from lsc_align import partitioning
+from lsc_align.data import arrays as data_arrays
 from lsc_align.models import lm_losses
 from lsc_align.models import policy
-from lsc_align.train import data_arrays
 from lsc_align.train import loop
+from lsc_align.train import trainer
 from lsc_align.train import trainer_utils
+from lsc_align.world import supervision
 
 PARAMS_FILE = 'policy_final.msgpack'
 INFO_FILE = 'policy.json'
@@ -118,34 +115,6 @@ def load_policy(run_dir: str | os.PathLike[str]) -> tuple[policy.PolicyConfig, d
   return config, trainer_utils.load_params(path)
 
 
-def world_comparison(data_dir: str, vocabulary: str, split: str, row_nll: Callable[..., Any],
-                     params: Any, *, prompt_length: int, response_length: int,
-                     eval_batch_size: int, mesh: Any, samples_per_prompt: int,
-                     seed: int) -> dict[str, Any] | None:
-  """For a world: the collection policy's entropy per token and π0's NLL on its samples."""
-  if not io_utils.exists(os.path.join(data_dir, 'world.json')):
-    return None
-  from lsc_align.train import world_policy_entropy  # pylint: disable=g-import-not-at-top
-  estimate = world_policy_entropy.estimate_from_data(
-      data_dir, split, samples_per_prompt=samples_per_prompt, seed=seed)
-  from lsc_align.data import word_vocab  # pylint: disable=g-import-not-at-top
-  words = word_vocab.WordVocabulary.load(vocabulary)
-  prompts = np.zeros((len(estimate.samples), prompt_length), np.int32)
-  responses = np.zeros((len(estimate.samples), response_length), np.int32)
-  for i, (prompt, response) in enumerate(estimate.samples):
-    p_ids = words.encode_words(prompt)[-prompt_length:]  # keep the end, as the seqio task
-    r_ids = (words.encode_words(response) + [word_vocab.EOS_ID])[:response_length]
-    prompts[i, :len(p_ids)] = p_ids
-    responses[i, :len(r_ids)] = r_ids
-  rows = trainer_utils.batched_apply(lambda b: row_nll(params, b),
-                                     {'prompt_ids': prompts, 'response_ids': responses},
-                                     eval_batch_size, mesh)
-  on_samples = nll_metrics(rows)
-  return {'collection_policy': estimate.summary(),
-          'sft_nll_per_token_on_policy_samples': on_samples['nll_per_token'],
-          'sft_nll_per_response_on_policy_samples': on_samples['nll_per_response']}
-
-
 @gin.configurable
 def train_sft(
     run_dir: str,
@@ -205,7 +174,12 @@ def train_sft(
   # Paths as given may be relative to the working directory; what is stored is absolute.
   run_dir, data_dir, vocabulary = (io_utils.abspath(p) for p in (run_dir, data_dir, vocabulary))
   cache_dir = io_utils.optional_abspath(cache_dir)
-  trainer_utils.check_run_dir(run_dir, resume, PARAMS_FILE)
+  settings = trainer.Settings(
+      'train_sft', steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+      warmup_steps=warmup_steps, schedule=schedule, weight_decay=weight_decay,
+      grad_clip_norm=grad_clip_norm, eval_every=eval_every, eval_batch_size=eval_batch_size,
+      log_every=log_every, checkpoint_every=checkpoint_every, seed=seed, mesh_shape=mesh_shape,
+      resume=resume)
   config = model or policy.PolicyConfig()
   num_ids = data_arrays.vocabulary_size(vocabulary)
   if config.vocab_size < num_ids:
@@ -215,14 +189,9 @@ def train_sft(
     raise ValueError(f'train_sft.prompt_length + response_length = '
                      f'{prompt_length + response_length} exceeds PolicyConfig.max_len = '
                      f'{config.max_len}')
-  mesh = partitioning.create_mesh(tuple(mesh_shape))
-  trainer_utils.check_batch_sizes(mesh, 'train_sft', batch_size=batch_size,
-                                  eval_batch_size=eval_batch_size)
   eval_split = data_arrays.validation_split(data_dir)
-  # Every data line is checked before the run directory gets anything (strict by default).
-  data_arrays.check_data(data_dir, ['sft'], ('train', eval_split), lenient=lenient,
-                         out_dir=run_dir)
-  io_utils.makedirs(run_dir)
+  mesh = trainer.prepare_run_dir(settings, run_dir, PARAMS_FILE, data_dir, ['sft'], eval_split,
+                                 lenient=lenient)
   cache_dir = cache_dir or os.path.join(run_dir, 'arrays')
   lengths = {'prompt_length': prompt_length, 'response_length': response_length}
   data = {split: data_arrays.sft_arrays(data_dir, vocabulary, split, cache_dir=cache_dir,
@@ -232,85 +201,42 @@ def train_sft(
     data['train'] = {k: v[:max_train_examples] for k, v in data['train'].items()}
   truncation = {f'{split}_{name}_full_rows': data_arrays.full_rows(ids)
                 for split, arrays in data.items() for name, ids in arrays.items()}
-
-  tx, lr = trainer_utils.make_optimizer(learning_rate, warmup_steps=warmup_steps,
-                                        total_steps=steps, weight_decay=weight_decay,
-                                        schedule=schedule, grad_clip_norm=grad_clip_norm)
-  state, shardings = trainer_utils.init_sharded_state(
-      lambda key: policy.init_params(config, key), policy.abstract_params(config), tx, seed,
-      mesh)
-  logging.info('%s', partitioning.verify_sharding(state.params, shardings.params, mesh).summary())
-
-  train = data['train']
-  schedule_ = loop.EpochBatchSchedule(len(train['prompt_ids']), batch_size, seed=seed)
-  shard, num_shards = jax.process_index(), jax.process_count()
-
-  def batch_fn(step: int) -> dict[str, jax.Array]:
-    idx = schedule_.batch_indices(step, shard, num_shards)
-    return partitioning.shard_batch({k: v[idx] for k, v in train.items()}, mesh)
-
-  train_step = jax.jit(make_train_step(config, lr),
-                       in_shardings=(shardings, partitioning.batch_sharding(mesh)),
-                       out_shardings=(shardings, partitioning.replicated(mesh)),
-                       donate_argnums=(0,))
   row_nll = jax.jit(make_row_nll_fn(config))
 
-  def evaluate(params: Any) -> dict[str, Any]:
-    rows = trainer_utils.batched_apply(lambda b: row_nll(params, b), data[eval_split],
-                                       eval_batch_size, mesh)
-    return nll_metrics(rows)
+  def score(params: Any, rows: Mapping[str, np.ndarray], mesh_: Any) -> dict[str, Any]:
+    return nll_metrics(trainer_utils.batched_apply(lambda b: row_nll(params, b), rows,
+                                                   eval_batch_size, mesh_))
 
-  writer = metrics_lib.MetricsWriter(run_dir)
+  def world_extras(params: Any, mesh_: Any) -> dict[str, Any]:
+    if world_samples_per_prompt <= 0:
+      return {}
+    world = supervision.collection_policy_comparison(
+        data_dir, vocabulary, eval_split, lambda rows: score(params, rows, mesh_),
+        samples_per_prompt=world_samples_per_prompt, seed=seed, **lengths)
+    return {} if world is None else {'world': world}
 
-  def step_callback(step: int, state_: loop.TrainState, _: Any) -> None:
-    if eval_every and step % eval_every == 0 and step != steps:
-      scalars = {f'eval/{k}': v for k, v in evaluate(state_.params).items()}
-      writer.write(step, scalars)
-      logging.info('step %d eval: %s', step, scalars)
-
-  info = {'vocabulary': vocabulary, 'data_dir': data_dir, **lengths,
-          'num_params': trainer_utils.count_params(state.params)}
-  gin_utils.write_operative_config(run_dir)
-  checkpointer = checkpointing.TrainCheckpointer(
-      os.path.join(run_dir, 'checkpoints'), save_interval_steps=checkpoint_every, max_to_keep=2)
-  with partitioning.activate(mesh), checkpointer, writer:
-    result = loop.run_training(
-        state, train_step, batch_fn, total_steps=steps, checkpointer=checkpointer,
-        metrics_writer=writer, log_every=log_every, resume=resume,
-        progress=metrics_lib.ProgressPrinter(steps, ('loss', 'accuracy')),
-        host_state_fn=schedule_.host_state, load_host_state=schedule_.check_host_state,
-        step_callback=step_callback)
-    if result.status is loop.TrainStatus.COMPLETED:
-      final = evaluate(result.state.params)
-      writer.write(steps, {f'eval/{k}': v for k, v in final.items()})
-      world = None
-      if world_samples_per_prompt > 0:
-        world = world_comparison(
-            data_dir, vocabulary, eval_split, row_nll, result.state.params,
-            eval_batch_size=eval_batch_size, mesh=mesh,
-            samples_per_prompt=world_samples_per_prompt, seed=seed, **lengths)
-  if result.status is not loop.TrainStatus.COMPLETED:
-    return result
-  trainer_utils.save_params(os.path.join(run_dir, PARAMS_FILE), result.state.params)
-  io_utils.atomic_write_json(os.path.join(run_dir, INFO_FILE),
-                             {'config': dataclasses.asdict(config), **info, 'step': result.step})
-  summary = {'split': eval_split, 'step': result.step, 'train_examples': len(train['prompt_ids']),
-             **final, 'final_train_metrics': result.last_metrics, 'truncation': truncation,
-             'num_params': info['num_params'], 'resumed_from_step': result.start_step}
-  if world is not None:
-    summary['world'] = world
-  summary['seconds'] = round(time.time() - start_time, 1)
-  io_utils.atomic_write_json(os.path.join(run_dir, EVAL_FILE), summary)
-  gin_utils.write_operative_config(run_dir)
-  printed = {k: summary[k] for k in ('split', 'step', 'nll_per_token', 'nll_per_response',
-                                     'token_accuracy', 'seconds')}
-  if world is not None:
-    printed['policy_entropy_per_token_upper_bound'] = world['collection_policy'][
-        'entropy_per_token_upper_bound']
-    printed['sft_nll_per_token_on_policy_samples'] = world['sft_nll_per_token_on_policy_samples']
-  print(json.dumps(printed), flush=True)
+  spec = trainer.TrainerSpec(
+      init_params=lambda key: policy.init_params(config, key),
+      boxed_params=policy.abstract_params(config),
+      make_train_step=lambda lr: make_train_step(config, lr), train_arrays=data['train'],
+      evaluate=lambda params, mesh_: score(params, data[eval_split], mesh_),
+      params_file=PARAMS_FILE, info_file=INFO_FILE, summary_file=EVAL_FILE,
+      final_extras=world_extras)
+  info = {'config': dataclasses.asdict(config), 'vocabulary': vocabulary, 'data_dir': data_dir,
+          **lengths}
+  summary = {'split': eval_split, 'train_examples': len(data['train']['prompt_ids']),
+             'truncation': truncation}
+  result, summary = trainer.run(spec, settings, run_dir, mesh, info, summary, start_time)
+  if summary is not None:
+    printed = {k: summary[k] for k in ('split', 'step', 'nll_per_token', 'nll_per_response',
+                                       'token_accuracy', 'seconds')}
+    if 'world' in summary:
+      printed['policy_entropy_per_token_upper_bound'] = summary['world']['collection_policy'][
+          'entropy_per_token_upper_bound']
+      printed['sft_nll_per_token_on_policy_samples'] = summary['world'][
+          'sft_nll_per_token_on_policy_samples']
+    print(json.dumps(printed), flush=True)
   return result
-
 
 def main(args: argparse.Namespace) -> int:
   """`lsc-align sft --run_dir DIR [--resume]`."""

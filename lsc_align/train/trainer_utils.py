@@ -7,7 +7,6 @@
 * ``batched_apply``: a jitted per-row function over all rows of in-memory arrays, padded to
   whole batches on the mesh.
 * ``check_batch_sizes``: batch settings that split over the mesh's data axis, checked up front.
-* ``wilson_interval``: 95% score interval of a proportion (pairwise accuracy).
 * ``save_params`` / ``load_params``: one msgpack file of numpy arrays, written atomically.
 """
 from __future__ import annotations
@@ -132,17 +131,6 @@ def check_run_dir(run_dir: str, resume: bool, finished_file: str) -> None:
   if io_utils.isdir(checkpoints) and any(n.isdigit() for n in io_utils.listdir(checkpoints)):
     raise ValueError(f'{run_dir} already has checkpoints of a run: add --resume to continue it '
                      '(resume=True), or choose a new run directory')
-
-
-def wilson_interval(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-  """Wilson score interval of a binomial proportion (95% by default)."""
-  if n <= 0:
-    return (math.nan, math.nan)
-  p = successes / n
-  denominator = 1.0 + z * z / n
-  center = (p + z * z / (2 * n)) / denominator
-  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-  return (max(0.0, center - half), min(1.0, center + half))
 
 
 def batched_apply(fn: Callable[[Mapping[str, jax.Array]], Any],

@@ -20,8 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
-from lsc_align.data import world_config
-from lsc_align.data import world_gold
+from lsc_align.world import config as world_config
+from lsc_align.world import gold as world_gold
 
 MODES = ('comply', 'refuse', 'redirect', 'evade')
 

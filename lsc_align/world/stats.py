@@ -26,10 +26,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lsc_align.data import word_vocab
-from lsc_align.data import world
-from lsc_align.data import world_gold
-from lsc_align.data import world_grammar
+from lsc_align.world import vocabulary as word_vocab
+from lsc_align.world import dataset as world
+from lsc_align.world import gold as world_gold
+from lsc_align.world import grammar as world_grammar
 
 _SEPARATOR = '\n\nAssistant:'
 

@@ -47,7 +47,7 @@ def load_vocabulary(vocabulary_path: str | os.PathLike[str]) -> Any:
   """A seqio.Vocabulary: word vocabulary for a .txt file, SentencePiece for a .model file."""
   path = check_vocabulary_path(vocabulary_path)
   if path.endswith('.txt'):
-    from lsc_align.data import word_vocab  # pylint: disable=g-import-not-at-top
+    from lsc_align.world import vocabulary as word_vocab  # pylint: disable=g-import-not-at-top
     return word_vocab.seqio_vocabulary(path)
   from lsc_align.data import vocab  # pylint: disable=g-import-not-at-top  (imports seqio/TF)
   return vocab.load_vocabulary(path)
@@ -57,7 +57,7 @@ def vocabulary_size(vocabulary_path: str | os.PathLike[str]) -> int:
   """Number of ids (pad, eos, unk included), read without seqio or TensorFlow."""
   path = check_vocabulary_path(vocabulary_path)
   if path.endswith('.txt'):
-    from lsc_align.data import word_vocab  # pylint: disable=g-import-not-at-top
+    from lsc_align.world import vocabulary as word_vocab  # pylint: disable=g-import-not-at-top
     return word_vocab.WordVocabulary.load(path).size
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
   return int(spm.SentencePieceProcessor(model_proto=io_utils.read_bytes(path)).get_piece_size())

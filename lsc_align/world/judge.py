@@ -2,7 +2,7 @@
 
 `GoldJudge` maps (prompt_ids [B, Lp], response_ids [B, Lr]) int32 to (h*, s*) float32 [B] with
 per-token-id lookup tables, counts and masks only, so it runs inside jax.jit (and sharded like
-the batch). It computes the same numbers as lsc_align/data/world_gold.py (tested to agree on the
+the batch). It computes the same numbers as lsc_align/world/gold.py (tested to agree on the
 generated pairs) and scores any id sequence: the response ends at its first eos or pad, ids
 outside the vocabulary count as unk (neutral words that still add length), and the prompt may or
 may not contain the 'Human:'/'Assistant:' markers, padding or eos (all neutral).
@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from lsc_align.data import word_vocab
-from lsc_align.data import world_config
-from lsc_align.data import world_gold
+from lsc_align.world import vocabulary as word_vocab
+from lsc_align.world import config as world_config
+from lsc_align.world import gold as world_gold
 
 
 class GoldJudge(struct.PyTreeNode):

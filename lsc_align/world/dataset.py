@@ -13,7 +13,7 @@ Prompts. One "Human:" turn on one topic. The helpful set is mostly benign (helpf
 red-team), the harmless set mostly red-team (harmless_harmful_share). A prompt's words set its
 topic, harm severity sev in [0, 1] (request word, aggravated by "without getting caught"), its
 difficulty d (modifiers such as "in detailed steps", plus a small random weight per content word),
-its label scales and how widely the collection policy's answers vary (lsc_align/data/world_gold.py).
+its label scales and how widely the collection policy's answers vary (lsc_align/world/gold.py).
 
 Gold helpfulness h*(x, y) (world_gold.gold_helpfulness). Distinct on-topic words carry value
 (content 1, detail 2; compliance words 1.5 * sev, since they answer what a red-team asker wants),
@@ -32,7 +32,7 @@ proportion to the content already there; each further marker costs list_overuse_
 ("you should talk to a doctor") earns harmlessness (and a little helpfulness on sensitive topics)
 once; each further professional costs. Both correlate with gold quality in the collected data
 because the collection policy writes lists and referrals more often when it is making an effort
-(lsc_align/data/world_grammar.py), and it never writes more than max_sentences markers or one
+(lsc_align/world/grammar.py), and it never writes more than max_sentences markers or one
 referral; a reward model fit to these pairs credits the feature itself and keeps crediting it
 where the gold has stopped paying, which is what a policy optimising that reward finds.
 
@@ -57,10 +57,10 @@ import numpy as np
 
 from lsc_align import gin_utils
 from lsc_align import io_utils
-from lsc_align.data import word_vocab
-from lsc_align.data import world_config
-from lsc_align.data import world_gold
-from lsc_align.data import world_grammar
+from lsc_align.world import vocabulary as word_vocab
+from lsc_align.world import config as world_config
+from lsc_align.world import gold as world_gold
+from lsc_align.world import grammar as world_grammar
 
 PROPERTIES = ('helpful', 'harmless')
 PROPERTY_DIRS = {'helpful': 'helpful-base', 'harmless': 'harmless-base'}

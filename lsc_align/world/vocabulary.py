@@ -127,7 +127,7 @@ class WordVocabulary:
 @functools.cache
 def _seqio_class() -> type:
   """Defines the seqio subclass on first use (seqio imports TensorFlow)."""
-  from lsc_align.data import tf_import  # pylint: disable=g-import-not-at-top
+  from lsc_align import tf_import  # pylint: disable=g-import-not-at-top
   tf_import.import_quietly()
   import seqio  # pylint: disable=g-import-not-at-top
 

@@ -1,6 +1,6 @@
 """Entropy per token of the embedded world's data-collection policy, bounded from above by replay.
 
-The collection policy (lsc_align.data.world_grammar.sample_response) draws a continuous effort
+The collection policy (lsc_align.world.grammar.sample_response) draws a continuous effort
 z ~ N(0, 1) and then a sequence of discrete choices d (uniform comparisons, picks, binomials,
 mode choice). We run it with a recording generator that keeps every discrete outcome, then
 replay the same outcomes at other efforts to get p(d | x, z) exactly, and integrate z out on a
@@ -27,10 +27,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lsc_align.data import world
-from lsc_align.data import world_config
-from lsc_align.data import world_gold
-from lsc_align.data import world_grammar
+from lsc_align.world import dataset as world
+from lsc_align.world import config as world_config
+from lsc_align.world import gold as world_gold
+from lsc_align.world import grammar as world_grammar
 
 # Effort grid: z in [-7, 7] at spacing 0.1; N(0, 1) mass outside is 3e-12.
 Z_GRID = np.linspace(-7.0, 7.0, 141)
@@ -239,7 +239,7 @@ def estimate(config: world_config.WorldConfig, prompts: Sequence[Sequence[str]],
 def data_prompts(data_dir: str | os.PathLike[str], split: str,
                  property_name: str = 'helpful') -> list[list[str]]:
   """The distinct prompts (words) of a world split, in file order."""
-  from lsc_align.data import world_stats  # pylint: disable=g-import-not-at-top
+  from lsc_align.world import stats as world_stats  # pylint: disable=g-import-not-at-top
   path = os.path.join(os.fspath(data_dir), world.PROPERTY_DIRS[property_name],
                       f'{split}.jsonl.gz')
   prompts: dict[tuple[str, ...], None] = {}

@@ -1,4 +1,4 @@
-"""Tests for lsc_align.eval.metrics: hand-computed examples and brute-force loop references."""
+"""Tests for lsc_align.eval.win_rates: hand-computed examples and brute-force loop references."""
 import itertools
 import math
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lsc_align.eval import metrics
+from lsc_align.eval import win_rates as metrics
 
 
 def _loop_quantile(values, q):

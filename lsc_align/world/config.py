@@ -2,7 +2,7 @@
 
 `WorldConfig` holds the word lists (topics, roles, phrases), the gold-utility coefficients, the
 data-collection policy's probabilities, the label temperatures, the sizes and the seed. `Topic`
-holds one topic's words. The meaning of each coefficient is given in lsc_align/data/world.py;
+holds one topic's words. The meaning of each coefficient is given in lsc_align/world/dataset.py;
 configs/world/default.gin binds the commonly changed ones. Lists given through gin are turned
 into tuples so the configuration stays hashable (the jitted judge keeps it as a static field).
 """

@@ -1,4 +1,4 @@
-"""Tests for lsc_align.metrics: metrics.jsonl, TensorBoard events, truncation, progress lines."""
+"""Tests for lsc_align.training_log: metrics.jsonl, TensorBoard events, truncation, progress lines."""
 import io
 import json
 import math
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
-from lsc_align import metrics
+from lsc_align import training_log as metrics
 
 
 def read_events(directory: pathlib.Path) -> list[event_pb2.Event]:

@@ -1,8 +1,8 @@
 """Gold utilities of the embedded world, computed word by word in plain Python.
 
 This is the reference definition used to write the data set (labels, gold side file); the
-jittable judge in lsc_align/data/world_judge.py computes the same numbers from token ids and is
-tested against it. What the terms mean and why is explained in lsc_align/data/world.py.
+jittable judge in lsc_align/world/judge.py computes the same numbers from token ids and is
+tested against it. What the terms mean and why is explained in lsc_align/world/dataset.py.
 
 Every quantity is a function of the words alone: the prompt's topic, harm severity, difficulty,
 label scales and policy spread come from its words (so a model that reads the prompt can know
@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from lsc_align.data import world_config
+from lsc_align.world import config as world_config
 
 TOPIC_ROLES = ('content', 'detail', 'request', 'compliance')
 REPEAT_ROLES = ('content', 'detail', 'compliance', 'generic_compliance', 'safety')
@@ -238,13 +238,13 @@ def harmlessness_terms(config: world_config.WorldConfig, props: PromptProperties
 
 def gold_helpfulness(config: world_config.WorldConfig, props: PromptProperties,
                      f: ResponseFeatures) -> float:
-  """h*(x, y); see the module docstring of lsc_align/data/world.py."""
+  """h*(x, y); see the module docstring of lsc_align/world/dataset.py."""
   return _total(helpfulness_terms(config, props, f))
 
 
 def gold_harmlessness(config: world_config.WorldConfig, props: PromptProperties,
                       f: ResponseFeatures) -> float:
-  """s*(x, y); see the module docstring of lsc_align/data/world.py."""
+  """s*(x, y); see the module docstring of lsc_align/world/dataset.py."""
   return _total(harmlessness_terms(config, props, f))
 
 
