@@ -124,6 +124,12 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
   if 'run' in steps and not args.subcommand:
     raise UsageError(f'--subcommand is required for --action {args.action}: the lsc-align '
                      'sub-command to run on every worker, e.g. ppo')
+  if args.subcommand:
+    from lsc_align import cli  # pylint: disable=g-import-not-at-top  (its table, no jax)
+    jobs = sorted(name for name in cli.COMMANDS if name != 'launch')
+    if args.subcommand not in jobs:
+      raise UsageError(f'--subcommand {args.subcommand!r} is not an lsc-align command; one of '
+                       f'{", ".join(jobs)}')
   try:
     spec = sweep.parse_sweep_flags(_items(args.sweep))
     points = sweep.expand(spec)

@@ -105,9 +105,9 @@ def test_restore_without_checkpoint_raises(tmp_path):
 
 
 def test_bad_arguments_raise():
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match='save_interval_steps must be >= 1, got 0'):
     checkpointing.TrainCheckpointer('/tmp/unused', save_interval_steps=0)
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match='max_to_keep must be >= 1 or None, got 0'):
     checkpointing.TrainCheckpointer('/tmp/unused', max_to_keep=0)
 
 

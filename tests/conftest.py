@@ -27,60 +27,21 @@ def shared_data() -> pathlib.Path:
   return SHARED_DATA
 
 
-TINY_EXPERIMENT_GIN = """
-include 'world/tiny.gin'
-include 'models/t5_world.gin'
-include 'models/policy_world.gin'
-include 'runs/demo_align.gin'
-T5EncoderConfig.emb_dim = 16
-T5EncoderConfig.num_heads = 2
-T5EncoderConfig.head_dim = 8
-T5EncoderConfig.mlp_dim = 32
-T5EncoderConfig.num_layers = 1
-PolicyConfig.emb_dim = 32
-PolicyConfig.num_heads = 2
-PolicyConfig.head_dim = 16
-PolicyConfig.mlp_dim = 64
-PolicyConfig.num_layers = 1
-PolicyConfig.max_len = 64
-train_reward_model.steps = 10
-train_reward_model.batch_size = 16
-train_reward_model.prompt_length = 24
-train_reward_model.response_length = 24
-train_reward_model.max_length = 48
-train_sft.steps = 10
-train_sft.batch_size = 16
-train_sft.prompt_length = 24
-train_sft.response_length = 24
-train_sft.world_samples_per_prompt = 0
-PoolSizes.train_prompts = 16
-PoolSizes.train_samples = 4
-PoolSizes.eval_prompts = 8
-PoolSizes.eval_pool_samples = 8
-PoolSizes.eval_sft_samples = 4
-PoolSizes.response_length = 12
-PoolSizes.chunk = 32
-ppo.PPOHyperparams.max_response_length = 12
-PPOEval.samples_per_prompt = 2
-PPOEval.batch_size = 32
-run_ppo.steps = 4
-run_ppo.batch_size = 8
-run_ppo.checkpoint_every = 2
-run_ppo.sample_every = 2
-run_ppo.log_every = 2
-"""
+
+
+TINY_EXPERIMENT = 'experiments/tiny.gin'  # the demo's stages at toy sizes
 
 
 def parse_tiny_experiment_gin() -> None:
-  """Binds TINY_EXPERIMENT_GIN (what the stage and run functions read as defaults)."""
+  """Binds configs/experiments/tiny.gin (what the stage and run functions read as defaults)."""
   from lsc_align import gin_utils  # pylint: disable=g-import-not-at-top
   from lsc_align.pipeline import demo  # pylint: disable=g-import-not-at-top,unused-import
-  gin_utils.parse([], [TINY_EXPERIMENT_GIN])
+  gin_utils.parse([TINY_EXPERIMENT])
 
 
 @pytest.fixture
 def tiny_gin():
-  """TINY_EXPERIMENT_GIN bound for one test, cleared after it."""
+  """The tiny experiment's gin bound for one test, cleared after it."""
   import gin  # pylint: disable=g-import-not-at-top
   parse_tiny_experiment_gin()
   yield

@@ -112,7 +112,7 @@ def test_host_slices_tile_the_global_batch_in_process_order():
   assert distributed.host_slice(8) == slice(0, 8)  # this test process: 1 of 1
   with pytest.raises(ValueError, match='not divisible by 3'):
     distributed.host_slice(8, 0, 3)
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match=r'process index 3 is not in \[0, 2\)'):
     distributed.host_slice(8, 3, 2)
 
 

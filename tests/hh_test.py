@@ -163,7 +163,7 @@ def test_split_by_prompt_is_deterministic_disjoint_and_about_the_fraction(shared
   sub_train, _ = hh.split_by_prompt(pairs[::3], 0.2)
   assert sub_train == [p for p in train if p in pairs[::3]]
   assert hh.split_by_prompt(pairs, 0.0)[1] == [] and hh.split_by_prompt(pairs, 1.0)[0] == []
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match=r'validation_fraction must be in \[0, 1\], got 1.5'):
     hh.split_by_prompt(pairs, 1.5)
 
 

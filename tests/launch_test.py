@@ -203,11 +203,11 @@ def read_jsonl(path: pathlib.Path) -> list[list[str]]:
 @pytest.mark.parametrize('binding', NASTY_BINDINGS)
 def test_binding_survives_local_shell_and_remote_bash(binding, fake, monkeypatch, capsys):
   args = parse_flags('--action', 'run', *BASE, '--accelerator_type', 'v4-8', '--subcommand',
-                     'reward-model', '--run_dir', 'gs://b/run dir', '--job_gin_param', binding,
+                     'train-rm', '--run_dir', 'gs://b/run dir', '--job_gin_param', binding,
                      '--dry_run')
   assert tpu.main(args) == 0
   line = capsys.readouterr().out.strip()
-  job = ['-m', 'lsc_align.cli', 'reward-model', '--run_dir', 'gs://b/run dir',
+  job = ['-m', 'lsc_align.cli', 'train-rm', '--run_dir', 'gs://b/run dir',
          '--gin_param', binding]
   # Layer 1, local shell: the printed line splits back into gcloud's argv.
   argv = shlex.split(line)
@@ -293,6 +293,8 @@ def test_missing_required_flag_names_it(capsys):
 @pytest.mark.parametrize('extra,flag', [
     (('--action', 'create'), '--accelerator_type'),
     (('--action', 'run', '--accelerator_type', 'v4-8'), '--subcommand'),
+    (('--action', 'run', '--accelerator_type', 'v4-8', '--subcommand', 'reward-model'),
+     "--subcommand 'reward-model' is not an lsc-align command"),
     (('--action', 'create', '--accelerator_type', 'v9-8'), '--accelerator_type'),
     (('--action', 'create', '--accelerator_type', 'v4-8', '--spot', '--preemptible'), '--spot'),
     (('--action', 'status', '--sweep', 'ppo.kl_coef'), '--sweep'),

@@ -157,11 +157,11 @@ def test_schedule_resumes_identically_from_the_step_alone():
 def test_schedule_shards_split_the_global_batch():
   shards = [SCHEDULE.batch_indices(4, shard_index=i, num_shards=4) for i in range(4)]
   np.testing.assert_array_equal(np.concatenate(shards), SCHEDULE.batch_indices(4))
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match='cannot take shard 0 of 3'):
     SCHEDULE.batch_indices(4, shard_index=0, num_shards=3)
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match='steps are numbered from 1, got 0'):
     SCHEDULE.batch_indices(0)
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match='need 1 <= batch_size <= num_examples'):
     loop.EpochBatchSchedule(4, 8)
 
 

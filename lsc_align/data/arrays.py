@@ -24,10 +24,10 @@ from absl import logging
 import numpy as np
 
 from lsc_align import io_utils
+from lsc_align.conventions import PROPERTY_SUBSETS
 from lsc_align.data import hh
 
 CACHE_FORMAT_VERSION = 1
-PROPERTY_SUBSETS = {'helpful': 'helpful-base', 'harmless': 'harmless-base'}
 KINDS = ('pairs/helpful', 'pairs/harmless', 'sft', 'prompts/helpful', 'prompts/harmless',
          'prompts/all')
 VOCABULARY_SUFFIXES = ('.txt', '.model')

@@ -26,9 +26,9 @@ import seqio
 import sentencepiece as spm
 
 from lsc_align import io_utils
+from lsc_align.conventions import EOS_ID, PAD_ID, UNK_ID
 from lsc_align.data import hh
 
-PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 DEFAULT_SUBSETS = ('helpful-base', 'harmless-base')
 # Sentences longer than this (bytes) are dropped by the trainer; HH turns are far shorter.
 _MAX_SENTENCE_BYTES = 1 << 16

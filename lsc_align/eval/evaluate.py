@@ -42,7 +42,7 @@ def evaluate(*, run: str, method: str, objective: str, transform: str, seed: int
              quantiles: Mapping[str, float] | None = None,
              judge_beta: float = 1.0, judge_position_bias: float = 0.5,
              extra: Mapping[str, Any] | None = None) -> RunResult:
-  """Every DESIGN §1 metric for one policy, with 95% bootstrap intervals over prompts."""
+  """Every docs/DESIGN.md §1 metric for one policy, with 95% bootstrap intervals over prompts."""
   quantiles = {**DEFAULT_QUANTILES, **dict(quantiles or {})}
   props = sorted(policy_judge)
   if not props:

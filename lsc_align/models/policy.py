@@ -30,8 +30,8 @@ import gin
 import jax
 import jax.numpy as jnp
 
-PAD_ID = 0
-EOS_ID = 1
+from lsc_align.conventions import EOS_ID, PAD_ID
+
 
 Params = Any  # a flax parameter pytree (the 'params' collection, unboxed)
 LayerCache = tuple[jax.Array, jax.Array]  # (keys, values), each [B, S, heads, head_dim]

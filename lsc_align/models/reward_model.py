@@ -12,7 +12,7 @@ encoders) and does not depend on an end-of-sequence token surviving truncation, 
 is the decoder-style choice and is kept for comparison.
 
 Losses are pure functions of rewards (no model inside), all returning one value per example:
-  bradley_terry_loss    -log σ(r(x, y+) − r(x, y−))              (BT likelihood, DESIGN §1)
+  bradley_terry_loss    -log σ(r(x, y+) − r(x, y−))              (BT likelihood, docs/DESIGN.md §1)
   soft_bradley_terry_loss  the same against a target probability p(y+ > y−)
   pointwise_logistic_loss  binary cross-entropy with r as the logit (u = log σ(r))
   gaussian_regression_loss  squared error of r_mean and of r_std against per-prompt sample
@@ -140,7 +140,7 @@ class RewardModel(nn.Module):
 class GaussianReferenceModel(nn.Module):
   """(r_mean(x), r_std(x)) from prompt-only tokens [B, L]; std = softplus(.) + min_std.
 
-  The reference reward is r_ref(x) = r_mean(x) + s·r_std(x), s = Φ⁻¹(q) (DESIGN §1).
+  The reference reward is r_ref(x) = r_mean(x) + s·r_std(x), s = Φ⁻¹(q) (docs/DESIGN.md §1).
   """
   config: RewardModelConfig
 

@@ -12,9 +12,9 @@ from typing import Any, Mapping, Sequence
 
 import gin
 
+from lsc_align.conventions import PROPERTIES
 from lsc_align.rewards import transforms
 
-PROPERTIES = ('helpful', 'harmless')
 
 # The canned-response reference for harmlessness on HH text (paper: "I can't answer that" and
 # variants). A canned spec without responses uses the data source's own refusal phrases: these

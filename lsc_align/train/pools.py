@@ -28,10 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsc_align import io_utils
+from lsc_align.conventions import PROPERTIES
 from lsc_align.models import policy
 from lsc_align.rewards.objectives import DEFAULT_REFUSALS
 
-PROPERTIES = ('helpful', 'harmless')
 SOURCE_FILE = 'experiment.json'
 
 

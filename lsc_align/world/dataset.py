@@ -57,12 +57,12 @@ import numpy as np
 
 from lsc_align import gin_utils
 from lsc_align import io_utils
+from lsc_align.conventions import PROPERTIES
 from lsc_align.world import vocabulary as word_vocab
 from lsc_align.world import config as world_config
 from lsc_align.world import gold as world_gold
 from lsc_align.world import grammar as world_grammar
 
-PROPERTIES = ('helpful', 'harmless')
 PROPERTY_DIRS = {'helpful': 'helpful-base', 'harmless': 'harmless-base'}
 SPLITS = ('train', 'test')
 FORMAT_VERSION = 1

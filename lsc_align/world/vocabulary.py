@@ -18,9 +18,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from lsc_align import io_utils
+from lsc_align.conventions import EOS_ID, PAD_ID
 
-PAD_ID = 0
-EOS_ID = 1
 UNK_ID = 2
 NUM_RESERVED_IDS = 3
 UNK_TEXT = '<unk>'
