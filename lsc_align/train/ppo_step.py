@@ -1,6 +1,6 @@
 """The PPO learner's jitted pieces: rollout, the scoring step, and the minibatch update.
 
-Scoring step (DESIGN §2), one jitted function: reward-model forward passes for each property →
+Scoring step (docs/DESIGN.md §2), one jitted function: reward-model forward passes for each property →
 reference rewards for the batch (a per-prompt table, or the Gaussian predictor) → transform →
 aggregate → per-token KL penalty against π0 → per-token rewards for GAE. The transform and
 aggregation are the reward library's pure functions, elementwise over the batch, so they shard

@@ -1,7 +1,7 @@
 """Per-prompt reference rewards for a whole prompt set, from π0 samples or canned responses.
 
 The table [num_prompts, num_properties] is computed once before PPO / best-of-k and looked up
-per batch inside the scoring step (DESIGN §2). Sampling and scoring run in fixed-size jitted
+per batch inside the scoring step (docs/DESIGN.md §2). Sampling and scoring run in fixed-size jitted
 chunks, so one compile serves every prompt set.
 """
 from __future__ import annotations
