@@ -1,7 +1,7 @@
 """Stage: alignment runs on an experiment's pools, each evaluated against the gold judge.
 
 * `run_best_of_k`: for each k, per evaluation prompt the highest-utility of the first k pooled
-  π0 samples (one pool reused across k); KL log k − (k−1)/k (DESIGN §1).
+  π0 samples (one pool reused across k); KL log k − (k−1)/k (docs/DESIGN.md §1).
 * `run_optimum`: the closed-form KL-regularised optimum on the same pool, weights ∝ exp(u/γ).
 * `run_ppo`: the PPO learner (lsc_align.train.ppo) with checkpoints, exact resume, metrics and
   periodic samples; then fresh samples of the final π on the evaluation prompts, judged.
@@ -26,7 +26,7 @@ import numpy as np
 from lsc_align import checkpointing
 from lsc_align import gin_utils
 from lsc_align import io_utils
-from lsc_align import metrics as metrics_lib
+from lsc_align import training_log as metrics_lib
 from lsc_align import partitioning
 from lsc_align.eval import evaluate as evaluate_lib
 from lsc_align.eval import results as results_lib
@@ -35,11 +35,13 @@ from lsc_align.pipeline import pools_stage
 from lsc_align.rewards import aggregate
 from lsc_align.rewards.objectives import Objective
 from lsc_align.train import best_of_k, loop, optimum, ppo, ppo_math, ppo_step, pools
-from lsc_align.train import critic, references, rloo
+from lsc_align.train import convergence as convergence_lib
+from lsc_align.train import critic, optimum_checks, references, rloo
 from lsc_align.train import trainer_utils
 
 RESULTS_FILE = 'eval_results.json'
 gin.external_configurable(ppo_step.PPOHyperparams, module='ppo')
+gin.external_configurable(convergence_lib.PlateauRule, module='convergence')
 SAMPLES_FILE = 'samples.jsonl'
 
 
@@ -188,13 +190,16 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
             resume: bool = False, checkpoint_every: int = 25, log_every: int = 10,
             sample_every: int = 25, mesh_shape: Sequence[int] = (-1, 1),
             evaluation: PPOEval | None = None, run_dir: str | None = None,
-            learner: str = 'ppo') -> results_lib.RunResult | None:
+            learner: str = 'ppo', convergence: convergence_lib.PlateauRule | None = None
+            ) -> results_lib.RunResult | None:
   """PPO on the objective at γ (or α = γ/(1+γ)); writes and evaluates EXP/runs/ppo_.../.
 
   hp and evaluation default to PPOHyperparams() and PPOEval() (as bound by gin). learner 'ppo'
   (critic started as hp.value_init says) or 'rloo' (no critic; hp.samples_per_prompt ≥ 2
-  responses per prompt); both use the same scoring step. Returns the RunResult, or None when
-  the run was preempted (resume with resume=True).
+  responses per prompt); both use the same scoring step. With `convergence` (a PlateauRule) the
+  run holds out its last training prompts for validation and stops when J on them plateaus
+  (steps is then ignored; the history is in RUN/convergence.json). Returns the RunResult, or
+  None when the run was preempted (resume with resume=True).
   """
   hp = hp or ppo_step.PPOHyperparams()
   evaluation = evaluation or PPOEval()
@@ -217,9 +222,15 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
   scorer = ppo_step.Scorer(objective, tuple(models.reward_configs[p] for p in objective.properties),
                            models.policy_config, hp.temperature)
   mesh = partitioning.create_mesh(tuple(mesh_shape))
+  prompt_ids = train['prompt_ids']
+  if convergence is not None:  # the last prompts validate, the rest train
+    held = convergence.validation_prompts
+    validation = (prompt_ids[-held:], table[-held:])
+    prompt_ids, table = prompt_ids[:-held], table[:-held]
+    steps, checkpoint_every = convergence.max_steps, convergence.check_every
   setup = ppo.PPOSetup(scorer=scorer, hp=hp, kl_coef=gamma,
                        reward_params=tuple(models.reward_params[p] for p in objective.properties),
-                       ref_policy_params=models.policy_params, prompt_ids=train['prompt_ids'],
+                       ref_policy_params=models.policy_params, prompt_ids=prompt_ids,
                        table_refs=table, batch_size=batch_size, seed=seed, mesh=mesh)
   # Replicated on the mesh (the batch is what is split over 'data'); a restored checkpoint
   # takes the template's placement, so a resumed run lives on the same devices.
@@ -238,7 +249,7 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
     nonlocal vocab
     if not sample_every or step % sample_every:
       return
-    from lsc_align.train import data_arrays  # pylint: disable=g-import-not-at-top
+    from lsc_align.data import arrays as data_arrays  # pylint: disable=g-import-not-at-top
     vocab = vocab or data_arrays.load_vocabulary(exp.vocabulary)
     prompts = setup.batch(step)['prompt_ids'][:4]
     out = sampling.sample(state_.policy.params, models.policy_config, jnp.asarray(prompts),
@@ -252,7 +263,8 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
 
   info = {'exp_dir': exp.root, 'objective': objective.to_dict(), 'kl_coef': gamma,
           'alpha': ppo_math.alpha_from_kl_coef(gamma), 'seed': seed, 'steps': steps,
-          'batch_size': batch_size, 'hp': dataclasses.asdict(hp), 'learner': learner}
+          'batch_size': batch_size, 'hp': dataclasses.asdict(hp), 'learner': learner,
+          'convergence': convergence and dataclasses.asdict(convergence)}
   _check_same_run(run_dir, info)
   io_utils.atomic_write_json(os.path.join(run_dir, 'run.json'), info)
   gin_utils.write_operative_config(run_dir)
@@ -264,12 +276,20 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
       if critic_stats:
         state = jax.jit(lambda s: s, out_shardings=partitioning.replicated(mesh))(state)
         io_utils.atomic_write_json(os.path.join(run_dir, 'critic_init.json'), critic_stats)
-    result = loop.run_training(
-        state, train_step, setup.batch, total_steps=steps, checkpointer=checkpointer,
-        metrics_writer=writer, log_every=log_every, resume=resume,
-        progress=metrics_lib.ProgressPrinter(steps, ('utility', 'kl')),
-        host_state_fn=setup.schedule.host_state, load_host_state=setup.schedule.check_host_state,
-        step_callback=step_callback)
+    def run_chunk(state_: ppo.PPOState, total: int, resume_: bool) -> loop.TrainResult:
+      return loop.run_training(
+          state_, train_step, setup.batch, total_steps=total, checkpointer=checkpointer,
+          metrics_writer=writer, log_every=log_every, resume=resume_,
+          progress=metrics_lib.ProgressPrinter(total, ('utility', 'kl')),
+          host_state_fn=setup.schedule.host_state,
+          load_host_state=setup.schedule.check_host_state, step_callback=step_callback)
+    if convergence is None:
+      result = run_chunk(state, steps, resume)
+    else:
+      result, _ = convergence_lib.run_until_plateau(
+          state, run_chunk, lambda s: convergence_lib.validation_objective(
+              setup, s.policy.params, *validation, convergence.samples),
+          convergence, os.path.join(run_dir, 'convergence.json'), resume)
   if result.status is not loop.TrainStatus.COMPLETED:
     return None
   evaluated = evaluate_ppo(exp, objective, gamma, seed, result.state.policy.params, models, hp,
@@ -305,13 +325,18 @@ def evaluate_ppo(exp: pools.ExperimentDirs, objective: Objective, gamma: float, 
   baseline = float(u_pool.mean())
   try:
     fraction = optimum.objective_fraction(reached, best, baseline)
+    share = optimum_checks.share_interval(
+        u.mean(axis=1) - gamma * kl, np.asarray(optimum.optimum_objective(u_pool, gamma)),
+        u_pool.mean(axis=1), seed=seed)
   except ValueError:
-    fraction = None
+    fraction = share = None
   judged = _judged({**judged, **scored}, '')
   extra = {'utility': float(u.mean()), 'objective_value': reached,
            'optimum_objective_value': best, 'pi0_objective_value': baseline,
            'objective_fraction_of_optimum': fraction, 'train_seconds': round(train_seconds, 1),
            'alpha': ppo_math.alpha_from_kl_coef(gamma), 'learner': learner,
+           'objective_fraction_interval': share,
+           'optimum_pool_checks': optimum_checks.pool_checks(u_pool, gamma),
            'final_train_metrics': dict(last_metrics)}
   return evaluate_lib.evaluate(
       run=run, method='ppo', objective=objective.name, transform=objective.transform.value,
