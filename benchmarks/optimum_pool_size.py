@@ -8,19 +8,24 @@ experiment's own pool), scores it with the experiment's proxy reward models, and
 objective, γ and N = 64, 128, ..., pool reports (lsc_align.train.optimum_checks.pool_checks):
 J*_N, J*_{N/2}, the half-pool gap as a share of the gain, KL*, log N, ESS and whether the estimate
 passes all three checks. References are the experiment's evaluation references. Prints JSON.
+
+With --runs RUN_DIR,... each PPO/RLOO run's final policy (its latest checkpoint) is sampled
+(--policy_samples per prompt) on the same prompts; its per-prompt J = E[u] − γ KL is set against
+J*_N of the fresh pool at the run's γ for every N, with a bootstrap interval of the share.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import jax
 import numpy as np
 
-from lsc_align import gin_utils
+from lsc_align import checkpointing, gin_utils, io_utils
 from lsc_align.pipeline import align, experiment, pools_stage
-from lsc_align.train import optimum_checks, pools, references
+from lsc_align.train import optimum, optimum_checks, pools, ppo, ppo_step, references
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--prompts', type=int, default=0, help='first P prompts (0: all)')
   parser.add_argument('--gin_file', action='append', default=[])
   parser.add_argument('--seed', type=int, default=123)
+  parser.add_argument('--runs', default='', help='PPO run directories, comma-separated')
+  parser.add_argument('--policy_samples', type=int, default=16)
   args = parser.parse_args(argv)
   gin_utils.parse(args.gin_file or ['experiments/demo.gin'], [])
   exp = pools.ExperimentDirs(args.exp_dir)
@@ -55,9 +62,48 @@ def main(argv: list[str] | None = None) -> int:
         out.append({'objective': name, **optimum_checks.pool_checks(u[:, :n], gamma)})
         print(json.dumps(out[-1]), file=sys.stderr, flush=True)
         n *= 2
+  shares = [_run_share(run, exp, models, arrays, prompts, rewards, args)
+            for run in args.runs.split(',') if run]
   print(json.dumps({'exp_dir': args.exp_dir, 'prompts': int(prompts.shape[0]),
-                    'rows': out}, indent=1))
+                    'rows': out, 'runs': shares}, indent=1))
   return 0
+
+
+def _run_share(run_dir: str, exp: pools.ExperimentDirs, models: pools_stage.Models,
+               arrays: dict[str, np.ndarray], prompts: np.ndarray,
+               pool_rewards: dict[str, np.ndarray], args: argparse.Namespace) -> dict:
+  """The run's per-prompt J against J*_N of the fresh pool, for every N (module docstring)."""
+  info = json.loads(io_utils.read_text(os.path.join(run_dir, 'run.json')))
+  objective = align.objective_from_dict(info['objective'])
+  gamma, hp = float(info['kl_coef']), ppo_step.PPOHyperparams(**info['hp'])
+  template = ppo.init_state(models.policy_params, hp, info['seed'])
+  with checkpointing.TrainCheckpointer(os.path.join(run_dir, 'checkpoints')) as checkpointer:
+    step = checkpointer.latest_step()
+    state, _ = checkpointer.restore(template, step)
+  params = state.policy.params
+  responses = references.sample_pool(params, models.policy_config, prompts, args.policy_samples,
+                                     jax.random.key(args.seed + 1), hp.max_response_length,
+                                     hp.temperature)
+  kl = align.kl_per_prompt(params, models.policy_params, models.policy_config, prompts,
+                           responses, hp.temperature, 256)
+  refs = align.eval_references(objective, arrays)[:prompts.shape[0]]
+  u = align.pool_utilities(objective, np.stack([references.score_pool(
+      models.reward_fn(p), prompts, responses) for p in objective.properties], -1), refs)
+  u_pool = align.pool_utilities(
+      objective, np.stack([pool_rewards[p] for p in objective.properties], -1), refs)
+  reached = u.mean(axis=1) - gamma * kl
+  rows, n = [], 64
+  while n <= u_pool.shape[1]:
+    best = np.asarray(optimum.optimum_objective(u_pool[:, :n], gamma), np.float64)
+    rows.append({'pool_size': n, 'optimum_kl': float(np.mean(optimum.optimum_kl(
+        u_pool[:, :n], gamma))), **optimum_checks.share_interval(
+            reached, best, u_pool[:, :n].mean(axis=1), seed=args.seed)})
+    n *= 2
+  result = {'run': os.path.basename(run_dir.rstrip('/')), 'objective': objective.name,
+            'gamma': gamma, 'checkpoint_step': step, 'kl': float(kl.mean()),
+            'objective_value': float(reached.mean()), 'shares': rows}
+  print(json.dumps(result), file=sys.stderr, flush=True)
+  return result
 
 
 if __name__ == '__main__':

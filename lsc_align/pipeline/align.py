@@ -161,7 +161,7 @@ class PPOEval:
   batch_size: int = 256
 
 
-def _kl_per_prompt(params: Any, ref_params: Any, config: Any, prompts: np.ndarray,
+def kl_per_prompt(params: Any, ref_params: Any, config: Any, prompts: np.ndarray,
                    responses: np.ndarray, temperature: float, chunk: int) -> np.ndarray:
   """Mean over a prompt's samples of Σ_t log π − log π0: [P] (a sample estimate of the KL)."""
   p, n, length = responses.shape
@@ -311,7 +311,7 @@ def evaluate_ppo(exp: pools.ExperimentDirs, objective: Objective, gamma: float, 
                                      evaluation.samples_per_prompt,
                                      jax.random.key(10_000 + seed), hp.max_response_length,
                                      hp.temperature, evaluation.batch_size)
-  kl = _kl_per_prompt(params, models.policy_params, models.policy_config, prompts, responses,
+  kl = kl_per_prompt(params, models.policy_params, models.policy_config, prompts, responses,
                       hp.temperature, evaluation.batch_size)
   judged = pools_stage.judge_pool(pools_stage.load_judge(exp), prompts, responses)
   scored = {f'reward_{p}': references.score_pool(models.reward_fn(p), prompts, responses,
