@@ -65,24 +65,42 @@ def tiny_experiment(tmp_path_factory) -> str:
   return exp.root
 
 
-@pytest.fixture(scope='module')
-def persistent_compilation_cache(tmp_path_factory):
-  """A persistent XLA compilation cache for one test module, restored after it.
+TINY_PPO = {'objective': 'combined_lsc_sum', 'kl_coef': 0.05}
 
-  Trainers jit fresh closures on every call, so without it each run recompiles the same
-  programs; with it later runs in the module load them.
+
+@pytest.fixture(scope='session')
+def tiny_ppo_run(tiny_experiment):
+  """(run directory, RunResult) of one PPO run on the tiny experiment (TINY_PPO), made once
+  for the pipeline and notebook tests."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from lsc_align.pipeline import align, experiment  # pylint: disable=g-import-not-at-top
+  parse_tiny_experiment_gin()
+  run_dir = os.path.join(tiny_experiment, 'runs', 'ppo_combined_lsc_sum_g0.05_s0')
+  try:
+    result = align.run_ppo(tiny_experiment, experiment.load_objective(TINY_PPO['objective']),
+                           kl_coef=TINY_PPO['kl_coef'], run_dir=run_dir)
+  finally:
+    gin.clear_config()
+  return run_dir, result
+
+
+@pytest.fixture(scope='session', autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One persistent XLA compilation cache for the whole session, subprocesses included.
+
+  Trainers and stages jit fresh closures on every call, and the tiny experiment, the bucket
+  test, the HH pipeline and the README's commands build the same programs; with the cache each
+  distinct program is compiled once. (The environment variables reach subprocess workers.)
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
-  names = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
-  previous = {name: getattr(jax.config, name) for name in names}
-  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('xla_cache')))
+  from jax.experimental.compilation_cache import compilation_cache as cache  # pylint: disable=all
+  directory = str(tmp_path_factory.mktemp('xla_cache'))
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = directory
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  jax.config.update('jax_compilation_cache_dir', directory)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-  compilation_cache.reset_cache()
-  yield
-  for name, value in previous.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
+  cache.reset_cache()
+  yield directory
 
 
 @pytest.fixture(scope='module')

@@ -13,8 +13,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import communicate_all, free_port, worker_env  # pylint: disable=g-bad-import-order
+
+pytestmark = pytest.mark.slow  # trains models or runs whole commands
 
 TESTS = pathlib.Path(__file__).resolve().parent
 WORKER = TESTS / 'distributed_ppo_worker.py'

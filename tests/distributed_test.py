@@ -161,6 +161,7 @@ def run_two_processes(out: pathlib.Path, steps: int) -> list[subprocess.Complete
           for p, (code, out) in zip(procs, communicate_all(procs, SUBPROCESS_TIMEOUT_S))]
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_like_one(tmp_path):
   steps = 4
   results = run_two_processes(tmp_path, steps)
@@ -212,6 +213,7 @@ def read_until(proc: subprocess.Popen, marker: str, deadline: float) -> list[str
   return lines
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_exits_75_and_resume_matches(tmp_path):
   from lsc_align import checkpointing  # pylint: disable=g-import-not-at-top
   steps = 8

@@ -147,6 +147,7 @@ def test_io_utils_round_trip_on_a_bucket(bucket):
   assert os.path.exists(os.path.join(bucket.root, 'b', 'dir', 'sub', 'a.json'))
 
 
+@pytest.mark.slow  # a whole tiny experiment
 def test_an_experiment_on_a_bucket_runs_resumes_and_reports(bucket, tiny_gin, monkeypatch):  # pylint: disable=unused-argument
   from lsc_align.eval import report as report_lib  # pylint: disable=g-import-not-at-top
   from lsc_align.eval import results as results_lib  # pylint: disable=g-import-not-at-top

@@ -43,6 +43,7 @@ def test_exact_optimum_is_the_best_policy(problem):
                   < best['objective'])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('objective,gamma', [('lsc_sum', 0.1), ('lsc_sum', 0.3),
                                              ('raw_sum', 0.1), ('raw_sum', 0.3)])
 def test_ppo_reaches_the_exact_optimum(problem, objective, gamma):
@@ -53,6 +54,7 @@ def test_ppo_reaches_the_exact_optimum(problem, objective, gamma):
   assert abs(final['kl_ratio'] - 1.0) <= 0.10, final
 
 
+@pytest.mark.slow
 def test_rloo_reaches_the_exact_optimum(problem):
   hp = ppo_step.PPOHyperparams(policy_lr=1e-3, warmup_steps=1, epochs=2, num_minibatches=2,
                                max_response_length=2, samples_per_prompt=4, lr_decay_steps=320)

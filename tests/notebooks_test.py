@@ -10,6 +10,8 @@ import pytest
 from lsc_align.eval import inspect as run_inspect
 from lsc_align.eval import results as results_lib
 
+pytestmark = pytest.mark.slow  # trains models or runs whole commands
+
 NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / 'notebooks'
 NOTEBOOK_NAMES = ('inspect_run.ipynb', 'compare_sweep.ipynb')
 CELL_TIMEOUT_S = 120
@@ -18,8 +20,8 @@ _RUNS: dict[str, str] = {}  # the runs this module adds to the shared experiment
 
 
 @pytest.fixture
-def nb_runs(tiny_experiment, tiny_gin):  # pylint: disable=unused-argument
-  """Best-of-k, two optimum runs and one PPO run under EXP/runs/nb_*; {name: run dir}."""
+def nb_runs(tiny_experiment, tiny_ppo_run, tiny_gin):  # pylint: disable=unused-argument
+  """Best-of-k and two optimum runs under EXP/runs/nb_*, and the shared PPO run."""
   if not _RUNS:
     from lsc_align.pipeline import align, experiment  # pylint: disable=g-import-not-at-top
     runs = os.path.join(tiny_experiment, 'runs')
@@ -30,9 +32,7 @@ def nb_runs(tiny_experiment, tiny_gin):  # pylint: disable=unused-argument
     # The PPO objective's own optimum, so the PPO-against-optimum section has data.
     align.run_optimum(tiny_experiment, experiment.load_objective('combined_lsc_sum'),
                       kl_coefs=(0.03, 0.3, 10.0), name='nb_optimum_combined_lsc_sum')
-    ppo_dir = os.path.join(runs, 'nb_ppo_combined_lsc_sum_g0.05_s0')
-    result = align.run_ppo(tiny_experiment, experiment.load_objective('combined_lsc_sum'),
-                           kl_coef=0.05, run_dir=ppo_dir)
+    ppo_dir, result = tiny_ppo_run
     assert result is not None and result.run == os.path.basename(ppo_dir)
     _RUNS.update(exp=tiny_experiment, ppo=ppo_dir,
                  bok=os.path.join(runs, 'nb_bok_combined_lsc_sum_bok'),
@@ -201,7 +201,7 @@ def test_inspect_run_notebook_on_a_ppo_run(nb_runs, tmp_path, monkeypatch):
   tables = '\n'.join(_outputs(nb, 'text/markdown'))
   assert '| metric | value |' in tables and 'combined_lsc_sum' in tables
   assert 'and_win_rate' in tables and '| step | prompt | response |' in tables
-  assert 'nb_ppo_combined_lsc_sum_g0.05_s0: ' in ''.join(_outputs(nb, 'stream'))
+  assert 'ppo_combined_lsc_sum_g0.05_s0: ' in ''.join(_outputs(nb, 'stream'))
 
 
 def test_inspect_run_notebook_on_a_best_of_k_run(nb_runs, tmp_path, monkeypatch):

@@ -16,6 +16,8 @@ from lsc_align.train import pools
 
 import conftest  # pylint: disable=g-bad-import-order
 
+pytestmark = pytest.mark.slow  # trains models or runs whole commands
+
 
 @pytest.fixture(scope='module')
 def hh_experiment(shared_data, tmp_path_factory):

@@ -10,6 +10,8 @@ from lsc_align.pipeline import align, experiment
 from lsc_align.rewards import make_objective
 from lsc_align.train import best_of_k, loop, pools, sft_trainer
 
+pytestmark = pytest.mark.slow  # trains models or runs whole commands
+
 
 @pytest.fixture
 def exp_dir(tiny_experiment, tiny_gin):  # pylint: disable=unused-argument
@@ -68,9 +70,9 @@ def test_objective_file_errors_name_the_line(tmp_path):
     experiment.load_objective(str(bad))
 
 
-def test_ppo_run_resumes_exactly_and_is_evaluated(exp_dir, tmp_path, monkeypatch):
+def test_ppo_run_resumes_exactly_and_is_evaluated(exp_dir, tiny_ppo_run, tmp_path, monkeypatch):
   objective = experiment.load_objective('combined_lsc_sum')
-  full = align.run_ppo(exp_dir, objective, kl_coef=0.05, run_dir=str(tmp_path / 'full'))
+  full_dir, full = tiny_ppo_run  # the uninterrupted run (conftest.TINY_PPO)
   assert full.method == 'ppo' and full.gamma == 0.05
   # KL is a sample estimate (mean of Σ_t log π − log π0 over 2 samples per prompt): finite,
   # not necessarily ≥ 0 after 4 small updates.
@@ -85,15 +87,15 @@ def test_ppo_run_resumes_exactly_and_is_evaluated(exp_dir, tmp_path, monkeypatch
   stop_at['step'] = -1
   resumed = align.run_ppo(exp_dir, objective, kl_coef=0.05, run_dir=str(tmp_path / 'cut'),
                           resume=True)
-  a = json.loads((tmp_path / 'full' / align.RESULTS_FILE).read_text())
+  a = json.loads(open(os.path.join(full_dir, align.RESULTS_FILE), encoding='utf-8').read())
   b = json.loads((tmp_path / 'cut' / align.RESULTS_FILE).read_text())
   for key in ('kl', 'win_rate', 'and_win_rate', 'gold_reward', 'proxy_reward', 'utility'):
     assert a[key] == b[key], key
   assert resumed.run == 'cut'
-  again = align.evaluate_run(str(tmp_path / 'full'))  # from the final checkpoint, no gin needed
+  again = align.evaluate_run(full_dir)  # from the final checkpoint, no gin needed
   for key in ('kl', 'win_rate', 'and_win_rate'):
     assert getattr(again, key) == getattr(full, key), key
-  samples = (tmp_path / 'full' / align.SAMPLES_FILE).read_text().splitlines()
+  samples = open(os.path.join(full_dir, align.SAMPLES_FILE), encoding='utf-8').read().splitlines()
   assert len(samples) == 8 and 'response' in json.loads(samples[0])
 
 

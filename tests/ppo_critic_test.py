@@ -91,6 +91,7 @@ def problem():
       vocab_size=6, max_response_length=2, num_prompts=4))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('value_init', ['mean_return', 'prefit'])
 def test_value_init_starts_the_critic_near_the_returns(problem, value_init):
   hp = ppo_step.PPOHyperparams(value_lr=1e-2, max_response_length=2, value_init=value_init,

@@ -17,6 +17,8 @@ import pytest
 
 import conftest
 
+pytestmark = pytest.mark.slow  # trains models or runs whole commands
+
 README = conftest.REPO / 'README.md'
 CONFIGS = conftest.REPO / 'configs'
 

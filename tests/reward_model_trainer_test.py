@@ -40,7 +40,7 @@ def tiny_model(vocab_size: int = 384) -> reward_model.RewardModelConfig:
       vocab_size=vocab_size, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32, num_layers=1))
 
 
-pytestmark = pytest.mark.usefixtures('persistent_compilation_cache', 'clean_gin')
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('clean_gin')]  # trains models
 
 
 @pytest.fixture(scope='module')

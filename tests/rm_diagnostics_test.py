@@ -22,7 +22,7 @@ TINY_BINDINGS = (
     'train_reward_model.eval_every = 0', 'train_reward_model.eval_batch_size = 16',
     'train_reward_model.checkpoint_every = 6')
 
-pytestmark = pytest.mark.usefixtures('persistent_compilation_cache', 'clean_gin')
+pytestmark = pytest.mark.usefixtures('clean_gin')
 
 
 def _terms(n: int = 400, seed: int = 0) -> np.ndarray:
@@ -97,6 +97,7 @@ def gold_sign_run(tiny_world, tmp_path_factory) -> pathlib.Path:
   return run_dir
 
 
+@pytest.mark.slow  # trains a reward model
 def test_gold_label_run_is_recorded_and_diagnosed(gold_sign_run, tiny_world, capsys):
   summary = json.loads((gold_sign_run / 'eval.json').read_text())
   assert summary['world_labels'] == 'gold_sign'

@@ -31,7 +31,7 @@ TINY_BINDINGS = (
     'train_sft.checkpoint_every = 2', 'train_sft.world_samples_per_prompt = 1')
 
 
-pytestmark = pytest.mark.usefixtures('persistent_compilation_cache', 'clean_gin')
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('clean_gin')]  # trains models
 
 
 @pytest.fixture(scope='module')

@@ -214,12 +214,7 @@ def train_reward_model(
   if init_t5x_checkpoint is not None and not io_utils.exists(init_t5x_checkpoint):
     raise ValueError(f'train_reward_model.init_t5x_checkpoint {init_t5x_checkpoint}: no such '
                      'file or directory')
-  settings = trainer.Settings(
-      'train_reward_model', steps=steps, batch_size=batch_size, learning_rate=learning_rate,
-      warmup_steps=warmup_steps, schedule=schedule, weight_decay=weight_decay,
-      grad_clip_norm=grad_clip_norm, eval_every=eval_every, eval_batch_size=eval_batch_size,
-      log_every=log_every, checkpoint_every=checkpoint_every, seed=seed, mesh_shape=mesh_shape,
-      resume=resume)
+  settings = trainer.Settings.of('train_reward_model', locals())
   config = model or reward_model.RewardModelConfig()
   num_ids = data_arrays.vocabulary_size(vocabulary)
   if config.encoder.vocab_size < num_ids:

@@ -174,12 +174,7 @@ def train_sft(
   # Paths as given may be relative to the working directory; what is stored is absolute.
   run_dir, data_dir, vocabulary = (io_utils.abspath(p) for p in (run_dir, data_dir, vocabulary))
   cache_dir = io_utils.optional_abspath(cache_dir)
-  settings = trainer.Settings(
-      'train_sft', steps=steps, batch_size=batch_size, learning_rate=learning_rate,
-      warmup_steps=warmup_steps, schedule=schedule, weight_decay=weight_decay,
-      grad_clip_norm=grad_clip_norm, eval_every=eval_every, eval_batch_size=eval_batch_size,
-      log_every=log_every, checkpoint_every=checkpoint_every, seed=seed, mesh_shape=mesh_shape,
-      resume=resume)
+  settings = trainer.Settings.of('train_sft', locals())
   config = model or policy.PolicyConfig()
   num_ids = data_arrays.vocabulary_size(vocabulary)
   if config.vocab_size < num_ids:

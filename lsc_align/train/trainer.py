@@ -56,6 +56,12 @@ class Settings:
   mesh_shape: Sequence[int]
   resume: bool
 
+  @classmethod
+  def of(cls, function: str, arguments: Mapping[str, Any]) -> Settings:
+    """The shared settings out of a trainer's arguments (e.g. its locals())."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name != 'function']
+    return cls(function, **{name: arguments[name] for name in names})
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainerSpec:

@@ -52,8 +52,12 @@ DATA_FILES = {  # name -> (file body, message fragment)
 
 
 def _run(argv, capsys) -> tuple[int, str, str]:
-  code = cli.main([str(a) for a in argv])
+  argv = [str(a) for a in argv]
+  code = cli.main(argv)
   out, err = capsys.readouterr()
+  if os.environ.get('LSC_ALIGN_ERROR_LOG'):  # collects what users see, for a table of cases
+    with open(os.environ['LSC_ALIGN_ERROR_LOG'], 'a', encoding='utf-8') as log:
+      log.write(json.dumps({'argv': argv, 'code': code, 'stderr': err}) + '\n')
   return code, out, err
 
 
@@ -181,6 +185,13 @@ def test_bad_gin_binding(binding, fragment, tmp_path, capsys):
   _assert_user_error(code, err, 'world', fragment)
 
 
+def test_gin_import_of_a_moved_module_names_the_new_one(tmp_path, capsys):
+  old = tmp_path / 'old.gin'
+  old.write_text('import lsc_align.data.world_config\nWorldConfig.seed = 3\n')
+  code, _, err = _run(['world', '--out', tmp_path / 'w', '--gin_file', old], capsys)
+  _assert_user_error(code, err, 'world', 'lsc_align.data.world_config is now lsc_align.world.config')
+
+
 def test_required_binding_missing(tmp_path, capsys):
   code, _, err = _run(['train-rm', '--run_dir', tmp_path / 'rm'], capsys)
   _assert_user_error(code, err, 'train-rm', "['data_dir', 'vocabulary']")
@@ -302,6 +313,7 @@ def test_checkpoints_without_resume(tiny_world, tmp_path, capsys):
   _assert_user_error(code, err, 'sft', 'add --resume to continue it')
 
 
+@pytest.mark.slow  # builds the tiny experiment
 def test_resume_into_a_run_of_another_config(tiny_experiment, tmp_path, capsys):
   run_dir = tmp_path / 'ppo'
   run_dir.mkdir()

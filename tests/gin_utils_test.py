@@ -1,0 +1,52 @@
+"""lsc_align.gin_utils: where configs are found, and errors that name the file or binding."""
+import pathlib
+
+import gin
+import pytest
+
+from lsc_align import gin_utils
+
+
+@pytest.fixture(autouse=True)
+def _clean(clean_gin):  # pylint: disable=unused-argument
+  yield
+
+
+def test_names_resolve_under_the_packaged_configs(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # not the checkout: found through the package, not the cwd
+  expected = str(gin_utils.CONFIG_DIR / 'world' / 'tiny.gin')
+  assert gin_utils.resolve_gin_file('world/tiny') == expected
+  assert gin_utils.resolve_gin_file('world/tiny.gin') == expected
+  assert (gin_utils.CONFIG_DIR / 'objectives' / 'helpful_lsc.gin').is_file()
+
+
+def test_a_path_given_wins_over_a_packaged_name(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / 'world').mkdir()
+  (tmp_path / 'world' / 'tiny.gin').write_text('')
+  assert pathlib.Path(gin_utils.resolve_gin_file('world/tiny.gin')) == pathlib.Path(
+      'world/tiny.gin')
+
+
+def test_missing_file_and_bad_binding_are_named():
+  with pytest.raises(gin_utils.GinConfigError, match="gin file 'nope.gin' not found"):
+    gin_utils.parse(['nope.gin'])
+  from lsc_align.world import config  # pylint: disable=g-import-not-at-top,unused-import
+  with pytest.raises(gin_utils.GinConfigError, match="gin binding 'WorldConfig.sed = 1'"):
+    gin_utils.parse([], ['WorldConfig.sed = 1'])
+
+
+def test_a_moved_module_names_where_it_went(tmp_path):
+  old = tmp_path / 'old.gin'
+  old.write_text('import lsc_align.eval.metrics\n')
+  with pytest.raises(gin_utils.GinConfigError,
+                     match='lsc_align.eval.metrics is now lsc_align.eval.win_rates'):
+    gin_utils.parse([str(old)])
+
+
+def test_operative_config_is_written_atomically(tmp_path):
+  gin_utils.parse(['world/tiny.gin'], finalize=False)
+  from lsc_align.world import dataset  # pylint: disable=g-import-not-at-top
+  dataset.world_vocabulary(gin.get_configurable('WorldConfig')())  # use a configurable
+  path = gin_utils.write_operative_config(tmp_path)
+  assert 'WorldConfig' in pathlib.Path(path).read_text()
