@@ -360,7 +360,7 @@ def _check_same_run(run_dir: str, info: Mapping[str, Any]) -> None:
     return
   saved = json.loads(io_utils.read_text(path))
   new = json.loads(json.dumps(info))  # tuples as lists, as they were saved
-  differ = sorted(k for k in new if k != 'exp_dir' and saved.get(k) != new[k])
+  differ = sorted(k for k in new if k != 'exp_dir' and k in saved and saved[k] != new[k])
   if differ:
     raise ValueError(f'{run_dir} holds a PPO run of another config (differs in: '
                      f'{", ".join(differ)}); choose a new --run_dir')
