@@ -322,7 +322,7 @@ def test_resume_into_a_run_of_another_config(tiny_experiment, tmp_path, capsys):
                        '--kl_coef', 0.05, '--run_dir', run_dir, '--resume',
                        '--gin_file', 'experiments/tiny.gin'], capsys)
   _assert_user_error(code, err, 'ppo', 'holds a PPO run of another config')
-  assert 'differs in: kl_coef;' in err  # only what the saved run.json records
+  assert 'differs in: kl_coef)' in err  # only what the saved run.json records
   assert json.loads((run_dir / 'run.json').read_text())['kl_coef'] == 0.5  # not overwritten
 
 
