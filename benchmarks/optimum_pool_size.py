@@ -5,7 +5,7 @@
 
 Draws a fresh pool of `pool` π0 samples per evaluation prompt (seeded, apart from the
 experiment's own pool), scores it with the experiment's proxy reward models, and for each
-objective, γ and N = 64, 128, ..., pool reports (lsc_align.train.optimum_checks.pool_checks):
+objective, γ and N = 64, 128, ..., pool reports (lsc_align.align.optimum_checks.pool_checks):
 J*_N, J*_{N/2}, the half-pool gap as a share of the gain, KL*, log N, ESS and whether the estimate
 passes all three checks. References are the experiment's evaluation references. Prints JSON.
 
@@ -24,8 +24,9 @@ import jax
 import numpy as np
 
 from lsc_align import checkpointing, gin_utils, io_utils
-from lsc_align.pipeline import align, experiment, pools_stage
-from lsc_align.train import optimum, optimum_checks, pools, ppo, ppo_step, references
+from lsc_align.align import optimum, optimum_checks, pools, ppo, ppo_step, references
+from lsc_align.pipeline import experiment, pools_stage, runs
+from lsc_align.rewards.objectives import Objective
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
   out = []
   for name in args.objectives.split(','):
     objective = experiment.load_objective(name)
-    refs = align.eval_references(objective, arrays)[:prompts.shape[0]]
-    u = align.pool_utilities(objective, np.stack([rewards[p] for p in objective.properties], -1),
-                             refs)
+    refs = runs.eval_references(objective, arrays)[:prompts.shape[0]]
+    u = runs.pool_utilities(objective, np.stack([rewards[p] for p in objective.properties], -1),
+                            refs)
     for gamma in (float(g) for g in args.gammas.split(',')):
       n = 64
       while n <= args.pool:
@@ -74,7 +75,7 @@ def _run_share(run_dir: str, exp: pools.ExperimentDirs, models: pools_stage.Mode
                pool_rewards: dict[str, np.ndarray], args: argparse.Namespace) -> dict:
   """The run's per-prompt J against J*_N of the fresh pool, for every N (module docstring)."""
   info = json.loads(io_utils.read_text(os.path.join(run_dir, 'run.json')))
-  objective = align.objective_from_dict(info['objective'])
+  objective = Objective.from_dict(info['objective'])
   gamma, hp = float(info['kl_coef']), ppo_step.PPOHyperparams(**info['hp'])
   template = ppo.init_state(models.policy_params, hp, info['seed'])
   with checkpointing.TrainCheckpointer(os.path.join(run_dir, 'checkpoints')) as checkpointer:
@@ -84,12 +85,12 @@ def _run_share(run_dir: str, exp: pools.ExperimentDirs, models: pools_stage.Mode
   responses = references.sample_pool(params, models.policy_config, prompts, args.policy_samples,
                                      jax.random.key(args.seed + 1), hp.max_response_length,
                                      hp.temperature)
-  kl = align.kl_per_prompt(params, models.policy_params, models.policy_config, prompts,
-                           responses, hp.temperature, 256)
-  refs = align.eval_references(objective, arrays)[:prompts.shape[0]]
-  u = align.pool_utilities(objective, np.stack([references.score_pool(
+  kl = runs.kl_per_prompt(params, models.policy_params, models.policy_config, prompts,
+                          responses, hp.temperature, 256)
+  refs = runs.eval_references(objective, arrays)[:prompts.shape[0]]
+  u = runs.pool_utilities(objective, np.stack([references.score_pool(
       models.reward_fn(p), prompts, responses) for p in objective.properties], -1), refs)
-  u_pool = align.pool_utilities(
+  u_pool = runs.pool_utilities(
       objective, np.stack([pool_rewards[p] for p in objective.properties], -1), refs)
   reached = u.mean(axis=1) - gamma * kl
   rows, n = [], 64

@@ -2,7 +2,7 @@
 
     python -m benchmarks.ppo_ground_truth [--variants baseline,prefit,...] [--out FILE]
 
-The problem (lsc_align.train.ground_truth): the real policy LM and reward models, responses of at
+The problem (lsc_align.align.ground_truth): the real policy LM and reward models, responses of at
 most 4 tokens over 5 content tokens (781 responses per prompt, every one enumerated), 32 prompts.
 J*, KL(π*‖π0) and each trained policy's J and KL are exact sums over responses. For each variant
 (a learner and its settings), each objective (LSC sum, 0.5/0.5 raw sum) and each γ, it reports the
@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-from lsc_align.train import ground_truth, ppo_step
+from lsc_align.align import ground_truth, ppo_step
 
 SIZES = ground_truth.GroundTruthSizes(vocab_size=7, max_response_length=4, num_prompts=32,
                                       prompt_length=3, seed=0)

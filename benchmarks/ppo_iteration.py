@@ -3,7 +3,7 @@ the LSC transform + aggregation (combined LSC sum vs the weighted raw sum, 2 rew
 
     python -m benchmarks.ppo_iteration [--iterations 8] [--score_repeats 40]
 
-Part 1: lsc_align.train.ppo.ppo_iteration on random-init world-sized models (configs/models/
+Part 1: lsc_align.align.ppo.ppo_iteration on random-init world-sized models (configs/models/
 t5_world.gin for both reward models, policy_world.gin for π and π0), objective configs/
 objectives/combined_lsc_sum.gin; the iteration itself fills setup.timings (rollout_s, scoring_s,
 update_s; update_s includes the GAE pass). Iteration 1 compiles everything and is reported apart.
@@ -32,7 +32,7 @@ import numpy as np
 from benchmarks import common
 from lsc_align.models import policy, reward_model, sampling
 from lsc_align.rewards import aggregate, objectives
-from lsc_align.train import ppo, ppo_step
+from lsc_align.align import ppo, ppo_step
 
 
 def load_objective(gin_file: str) -> objectives.Objective:

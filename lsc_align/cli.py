@@ -37,7 +37,7 @@ CONFIGURABLE_MODULES = ('lsc_align.world.config', 'lsc_align.world.dataset',
                         'lsc_align.models.t5_encoder',
                         'lsc_align.models.reward_model', 'lsc_align.models.policy',
                         'lsc_align.rewards.objectives', 'lsc_align.pipeline.pools_stage',
-                        'lsc_align.pipeline.align', 'lsc_align.pipeline.experiment',
+                        'lsc_align.pipeline.runs', 'lsc_align.pipeline.experiment',
                         'lsc_align.pipeline.demo')
 
 EXIT_USER_ERROR = 2  # as argparse's own usage errors
@@ -60,7 +60,7 @@ def _launch_flags() -> tuple[tuple[str, dict[str, Any]], ...]:
   return tpu.FLAGS
 
 
-_EXP_DIR = _path('--exp_dir', required=True, help='experiment directory (lsc_align.train.pools)')
+_EXP_DIR = _path('--exp_dir', required=True, help='experiment directory (lsc_align.align.pools)')
 _OBJECTIVE = ('--objective', {'required': True,
                               'help': 'objective name under configs/objectives/, or a .gin path'})
 

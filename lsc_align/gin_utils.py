@@ -46,6 +46,19 @@ MOVED_MODULES = {
     'lsc_align.train.data_arrays': 'lsc_align.data.arrays',
     'lsc_align.metrics': 'lsc_align.training_log',
     'lsc_align.eval.metrics': 'lsc_align.eval.win_rates',
+    'lsc_align.train.ppo_math': 'lsc_align.align.ppo_math',
+    'lsc_align.train.ppo_step': 'lsc_align.align.ppo_step',
+    'lsc_align.train.ppo': 'lsc_align.align.ppo',
+    'lsc_align.train.rloo': 'lsc_align.align.rloo',
+    'lsc_align.train.critic': 'lsc_align.align.critic',
+    'lsc_align.train.convergence': 'lsc_align.align.convergence',
+    'lsc_align.train.ground_truth': 'lsc_align.align.ground_truth',
+    'lsc_align.train.best_of_k': 'lsc_align.align.best_of_k',
+    'lsc_align.train.optimum': 'lsc_align.align.optimum',
+    'lsc_align.train.optimum_checks': 'lsc_align.align.optimum_checks',
+    'lsc_align.train.references': 'lsc_align.align.references',
+    'lsc_align.train.pools': 'lsc_align.align.pools',
+    'lsc_align.pipeline.align': 'lsc_align.pipeline.runs',
 }
 
 

@@ -73,12 +73,12 @@ def tiny_ppo_run(tiny_experiment):
   """(run directory, RunResult) of one PPO run on the tiny experiment (TINY_PPO), made once
   for the pipeline and notebook tests."""
   import gin  # pylint: disable=g-import-not-at-top
-  from lsc_align.pipeline import align, experiment  # pylint: disable=g-import-not-at-top
+  from lsc_align.pipeline import experiment, runs  # pylint: disable=g-import-not-at-top
   parse_tiny_experiment_gin()
   run_dir = os.path.join(tiny_experiment, 'runs', 'ppo_combined_lsc_sum_g0.05_s0')
   try:
-    result = align.run_ppo(tiny_experiment, experiment.load_objective(TINY_PPO['objective']),
-                           kl_coef=TINY_PPO['kl_coef'], run_dir=run_dir)
+    result = runs.run_ppo(tiny_experiment, experiment.load_objective(TINY_PPO['objective']),
+                          kl_coef=TINY_PPO['kl_coef'], run_dir=run_dir)
   finally:
     gin.clear_config()
   return run_dir, result

@@ -4,7 +4,7 @@ import enum
 
 import pytest
 
-from lsc_align.train import convergence
+from lsc_align.align import convergence
 
 
 def test_plateaued_by_hand():

@@ -36,7 +36,7 @@ def make_setup(mesh):
   # pylint: disable=g-import-not-at-top
   from lsc_align.models import policy, reward_model, t5_encoder
   from lsc_align.rewards import make_objective  # pylint: disable=g-import-not-at-top
-  from lsc_align.train import ppo, ppo_step  # pylint: disable=g-import-not-at-top
+  from lsc_align.align import ppo, ppo_step  # pylint: disable=g-import-not-at-top
 
   policy_config = policy.PolicyConfig(vocab_size=VOCAB, emb_dim=32, num_heads=2, head_dim=16,
                                       mlp_dim=64, num_layers=1, max_len=24, value_hidden_dim=16)
@@ -81,7 +81,7 @@ def run(args) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from lsc_align import partitioning  # pylint: disable=g-import-not-at-top
-  from lsc_align.train import ppo  # pylint: disable=g-import-not-at-top
+  from lsc_align.align import ppo  # pylint: disable=g-import-not-at-top
 
   start = time.perf_counter()
   initialised = distributed.maybe_initialize()

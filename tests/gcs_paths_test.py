@@ -151,8 +151,9 @@ def test_io_utils_round_trip_on_a_bucket(bucket):
 def test_an_experiment_on_a_bucket_runs_resumes_and_reports(bucket, tiny_gin, monkeypatch):  # pylint: disable=unused-argument
   from lsc_align.eval import report as report_lib  # pylint: disable=g-import-not-at-top
   from lsc_align.eval import results as results_lib  # pylint: disable=g-import-not-at-top
-  from lsc_align.pipeline import align, experiment  # pylint: disable=g-import-not-at-top
-  from lsc_align.train import loop, pools  # pylint: disable=g-import-not-at-top
+  from lsc_align.pipeline import experiment, runs  # pylint: disable=g-import-not-at-top
+  from lsc_align.train import loop  # pylint: disable=g-import-not-at-top
+  from lsc_align.align import pools
   exp_dir = 'gs://runs-bucket/exp'
   exp = experiment.prepare(exp_dir, log=lambda _: None)  # world, RMs, π0, pools: all on gs://
   local = bucket.local(exp_dir)
@@ -171,13 +172,13 @@ def test_an_experiment_on_a_bucket_runs_resumes_and_reports(bucket, tiny_gin, mo
   monkeypatch.setattr(loop.PreemptionGuard, 'should_stop',
                       lambda self, step: step == stop_at['step'] or real_should_stop(self, step))
   run_dir = exp.run('ppo_cut')
-  assert align.run_ppo(exp_dir, objective, kl_coef=0.05, run_dir=run_dir) is None  # preempted
+  assert runs.run_ppo(exp_dir, objective, kl_coef=0.05, run_dir=run_dir) is None  # preempted
   stop_at['step'] = -1
-  resumed = align.run_ppo(exp_dir, objective, kl_coef=0.05, run_dir=run_dir, resume=True)
-  again = align.evaluate_run(run_dir)  # from the bucket's checkpoint
+  resumed = runs.run_ppo(exp_dir, objective, kl_coef=0.05, run_dir=run_dir, resume=True)
+  again = runs.evaluate_run(run_dir)  # from the bucket's checkpoint
   assert again.kl == resumed.kl and again.and_win_rate == resumed.and_win_rate
-  assert io_utils.read_text(f'{run_dir}/{align.SAMPLES_FILE}').count('\n') == 8
-  align.run_best_of_k(exp_dir, experiment.load_objective('combined_lsc_sum_bok'), ks=(1, 4))
+  assert io_utils.read_text(f'{run_dir}/{runs.SAMPLES_FILE}').count('\n') == 8
+  runs.run_best_of_k(exp_dir, experiment.load_objective('combined_lsc_sum_bok'), ks=(1, 4))
 
   results = results_lib.load_run_results(f'{exp_dir}/runs')
   assert {r.method for r in results} == {'ppo', 'bok'}

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lsc_align.train import ground_truth, ppo_step
+from lsc_align.align import ground_truth, ppo_step
 
 SIZES = ground_truth.GroundTruthSizes(vocab_size=8, max_response_length=2, num_prompts=8)
 # The learner settings the ground truth is reached with: critic pre-fitted on π0, no value clip,

@@ -9,7 +9,9 @@ imports upward, and no two packages import each other, directly or through other
     1  models/    T5 encoder reward model, decoder policy, sampling
     1  world/     the embedded preference world: data, gold, judge, diagnostics' gold
     2  data/      HH loaders, tfds builder, seqio tasks, vocabularies, array caches
-    3  train/     the trainer skeleton, the loop, reward-model and SFT trainers, PPO / RLOO
+    3  train/     the trainer skeleton, the loop, the reward-model and SFT trainers
+    3½ align/     PPO / RLOO math, scoring step and learners, critic, best-of-k, the optimum,
+                  π0 pools and references
     4  eval/      judging, win rates, reports, plots, run inspection, RM diagnostics
     5  pipeline/  experiment layout, stages, sweeps, the commands' functions
     6  cli        the flag table
@@ -34,6 +36,7 @@ FLOORS = {
     'lsc_align.rewards': 1, 'lsc_align.models': 1, 'lsc_align.world': 1,
     'lsc_align.data': 2,
     'lsc_align.train': 3,
+    'lsc_align.align': 3.5,
     'lsc_align.eval': 4,
     'lsc_align.pipeline': 5,
     'lsc_align.cli': 6,

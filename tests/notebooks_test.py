@@ -23,20 +23,20 @@ _RUNS: dict[str, str] = {}  # the runs this module adds to the shared experiment
 def nb_runs(tiny_experiment, tiny_ppo_run, tiny_gin):  # pylint: disable=unused-argument
   """Best-of-k and two optimum runs under EXP/runs/nb_*, and the shared PPO run."""
   if not _RUNS:
-    from lsc_align.pipeline import align, experiment  # pylint: disable=g-import-not-at-top
-    runs = os.path.join(tiny_experiment, 'runs')
-    align.run_best_of_k(tiny_experiment, experiment.load_objective('combined_lsc_sum_bok'),
-                        ks=(1, 2, 4), name='nb_bok_combined_lsc_sum_bok')
-    align.run_optimum(tiny_experiment, experiment.load_objective('combined_raw_sum'),
-                      kl_coefs=(0.1, 1.0), name='nb_optimum_combined_raw_sum')
+    from lsc_align.pipeline import experiment, runs  # pylint: disable=g-import-not-at-top
+    runs_dir = os.path.join(tiny_experiment, 'runs')
+    runs.run_best_of_k(tiny_experiment, experiment.load_objective('combined_lsc_sum_bok'),
+                       ks=(1, 2, 4), name='nb_bok_combined_lsc_sum_bok')
+    runs.run_optimum(tiny_experiment, experiment.load_objective('combined_raw_sum'),
+                     kl_coefs=(0.1, 1.0), name='nb_optimum_combined_raw_sum')
     # The PPO objective's own optimum, so the PPO-against-optimum section has data.
-    align.run_optimum(tiny_experiment, experiment.load_objective('combined_lsc_sum'),
-                      kl_coefs=(0.03, 0.3, 10.0), name='nb_optimum_combined_lsc_sum')
+    runs.run_optimum(tiny_experiment, experiment.load_objective('combined_lsc_sum'),
+                     kl_coefs=(0.03, 0.3, 10.0), name='nb_optimum_combined_lsc_sum')
     ppo_dir, result = tiny_ppo_run
     assert result is not None and result.run == os.path.basename(ppo_dir)
     _RUNS.update(exp=tiny_experiment, ppo=ppo_dir,
-                 bok=os.path.join(runs, 'nb_bok_combined_lsc_sum_bok'),
-                 optimum=os.path.join(runs, 'nb_optimum_combined_raw_sum'))
+                 bok=os.path.join(runs_dir, 'nb_bok_combined_lsc_sum_bok'),
+                 optimum=os.path.join(runs_dir, 'nb_optimum_combined_raw_sum'))
   return dict(_RUNS)
 
 

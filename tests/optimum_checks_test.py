@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lsc_align.train import optimum_checks
+from lsc_align.align import optimum_checks
 
 
 def test_ess_limits():

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from lsc_align.rewards import transforms
-from lsc_align.train import best_of_k, optimum
+from lsc_align.align import best_of_k, optimum
 
 
 def test_optimum_kl_and_objective_match_definitions():

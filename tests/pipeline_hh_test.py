@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from lsc_align.eval import report as report_lib
-from lsc_align.pipeline import align, experiment, pools_stage
-from lsc_align.train import pools
+from lsc_align.pipeline import experiment, pools_stage, runs
+from lsc_align.align import pools
 
 import conftest  # pylint: disable=g-bad-import-order
 
@@ -54,11 +54,11 @@ def test_prepare_on_hh_trains_judges_and_pools(hh_experiment):
 
 def test_best_of_k_ppo_and_report_on_hh(hh_experiment, tiny_gin, tmp_path):  # pylint: disable=unused-argument
   exp = hh_experiment
-  bok = align.run_best_of_k(exp.root, experiment.load_objective('combined_lsc_sum_bok'),
-                            ks=(1, 4))
+  bok = runs.run_best_of_k(exp.root, experiment.load_objective('combined_lsc_sum_bok'),
+                           ks=(1, 4))
   assert [r.k for r in bok] == [1, 4] and bok[1].and_win_rate is not None
-  result = align.run_ppo(exp.root, experiment.load_objective('helpful_lsc'), kl_coef=0.1,
-                         steps=2)
+  result = runs.run_ppo(exp.root, experiment.load_objective('helpful_lsc'), kl_coef=0.1,
+                        steps=2)
   assert result.method == 'ppo' and np.isfinite(result.kl)
   assert set(result.shortcut_rate) == {'list', 'referral'}
   path = report_lib.write_report(os.path.join(exp.root, 'runs'), str(tmp_path / 'report'))

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from lsc_align.eval import results as results_lib
-from lsc_align.pipeline import align, experiment
+from lsc_align.pipeline import experiment, runs
 from lsc_align.rewards import make_objective
-from lsc_align.train import best_of_k, loop, pools, sft_trainer
+from lsc_align.align import best_of_k, pools
+from lsc_align.train import loop, sft_trainer
 
 pytestmark = pytest.mark.slow  # trains models or runs whole commands
 
@@ -33,23 +34,23 @@ def test_prepare_writes_every_stage_and_is_idempotent(exp_dir):
 
 def test_best_of_k_picks_the_highest_utility_and_reports_its_kl(exp_dir):
   objective = experiment.load_objective('combined_lsc_sum_bok')
-  results = align.run_best_of_k(exp_dir, objective, ks=(1, 4, 8))
+  results = runs.run_best_of_k(exp_dir, objective, ks=(1, 4, 8))
   assert [r.k for r in results] == [1, 4, 8]
   np.testing.assert_allclose([r.kl for r in results], [0.0, np.log(4) - 0.75, np.log(8) - 7 / 8],
                              rtol=1e-6)
   utilities = [r.extra['utility'] for r in results]
   assert utilities == sorted(utilities)  # a larger k never picks a worse sample
   arrays = pools.load_npz(pools.ExperimentDirs(exp_dir).pool('eval'))
-  u = align.pool_utilities(objective, np.stack([arrays['pool_reward_helpful'],
-                                                arrays['pool_reward_harmless']], -1),
-                           align.eval_references(objective, arrays))
+  u = runs.pool_utilities(objective, np.stack([arrays['pool_reward_helpful'],
+                                               arrays['pool_reward_harmless']], -1),
+                           runs.eval_references(objective, arrays))
   assert utilities[-1] == pytest.approx(float(u.max(axis=1).mean()), rel=1e-6)
   assert np.array_equal(best_of_k.select_best_of_k(u, 1), np.zeros(8, int))
 
 
 def test_optimum_kl_grows_as_gamma_shrinks(exp_dir):
   objective = experiment.load_objective('combined_raw_sum')
-  results = align.run_optimum(exp_dir, objective, kl_coefs=(1.0, 0.1, 0.01))
+  results = runs.run_optimum(exp_dir, objective, kl_coefs=(1.0, 0.1, 0.01))
   kls = [r.kl for r in results]
   assert kls[0] < kls[1] < kls[2] <= np.log(8) + 1e-6
 
@@ -83,19 +84,19 @@ def test_ppo_run_resumes_exactly_and_is_evaluated(exp_dir, tiny_ppo_run, tmp_pat
   real_should_stop = loop.PreemptionGuard.should_stop
   monkeypatch.setattr(loop.PreemptionGuard, 'should_stop',
                       lambda self, step: step == stop_at['step'] or real_should_stop(self, step))
-  assert align.run_ppo(exp_dir, objective, kl_coef=0.05, run_dir=str(tmp_path / 'cut')) is None
+  assert runs.run_ppo(exp_dir, objective, kl_coef=0.05, run_dir=str(tmp_path / 'cut')) is None
   stop_at['step'] = -1
-  resumed = align.run_ppo(exp_dir, objective, kl_coef=0.05, run_dir=str(tmp_path / 'cut'),
-                          resume=True)
-  a = json.loads(open(os.path.join(full_dir, align.RESULTS_FILE), encoding='utf-8').read())
-  b = json.loads((tmp_path / 'cut' / align.RESULTS_FILE).read_text())
+  resumed = runs.run_ppo(exp_dir, objective, kl_coef=0.05, run_dir=str(tmp_path / 'cut'),
+                         resume=True)
+  a = json.loads(open(os.path.join(full_dir, runs.RESULTS_FILE), encoding='utf-8').read())
+  b = json.loads((tmp_path / 'cut' / runs.RESULTS_FILE).read_text())
   for key in ('kl', 'win_rate', 'and_win_rate', 'gold_reward', 'proxy_reward', 'utility'):
     assert a[key] == b[key], key
   assert resumed.run == 'cut'
-  again = align.evaluate_run(full_dir)  # from the final checkpoint, no gin needed
+  again = runs.evaluate_run(full_dir)  # from the final checkpoint, no gin needed
   for key in ('kl', 'win_rate', 'and_win_rate'):
     assert getattr(again, key) == getattr(full, key), key
-  samples = open(os.path.join(full_dir, align.SAMPLES_FILE), encoding='utf-8').read().splitlines()
+  samples = open(os.path.join(full_dir, runs.SAMPLES_FILE), encoding='utf-8').read().splitlines()
   assert len(samples) == 8 and 'response' in json.loads(samples[0])
 
 
@@ -120,8 +121,8 @@ def test_sweep_skips_finished_runs_and_report_reads_them(exp_dir):
 
 def test_ppo_refuses_a_response_length_other_than_the_pools(exp_dir, tmp_path):
   import dataclasses  # pylint: disable=g-import-not-at-top
-  from lsc_align.train import ppo_step  # pylint: disable=g-import-not-at-top
+  from lsc_align.align import ppo_step  # pylint: disable=g-import-not-at-top
   hp = dataclasses.replace(ppo_step.PPOHyperparams(), max_response_length=10)
   with pytest.raises(ValueError, match='PPOHyperparams.max_response_length = 10'):
-    align.run_ppo(exp_dir, experiment.load_objective('helpful_lsc'), kl_coef=0.1, hp=hp,
-                  steps=1, run_dir=str(tmp_path / 'short'))
+    runs.run_ppo(exp_dir, experiment.load_objective('helpful_lsc'), kl_coef=0.1, hp=hp,
+                 steps=1, run_dir=str(tmp_path / 'short'))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lsc_align.models import policy, sampling
-from lsc_align.train import critic, ground_truth, ppo, ppo_step
+from lsc_align.align import critic, ground_truth, ppo, ppo_step
 from lsc_align.train.loop import TrainState
 
 CONFIG = policy.PolicyConfig(vocab_size=8, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32,

@@ -1,9 +1,9 @@
-"""Tests for lsc_align.train.ppo_math: GAE against a plain Python loop, the PPO losses."""
+"""Tests for lsc_align.align.ppo_math: GAE against a plain Python loop, the PPO losses."""
 import jax
 import numpy as np
 import pytest
 
-from lsc_align.train import ppo_math
+from lsc_align.align import ppo_math
 
 
 def _gae_loop(rewards, values, mask, discount, lam):

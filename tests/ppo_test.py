@@ -9,7 +9,7 @@ import pytest
 from lsc_align import partitioning
 from lsc_align.models import policy, reward_model, t5_encoder
 from lsc_align.rewards import make_objective
-from lsc_align.train import ppo, ppo_step
+from lsc_align.align import ppo, ppo_step
 
 VOCAB = 12
 POLICY = policy.PolicyConfig(vocab_size=VOCAB, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from lsc_align import cli
-from lsc_align.train import ppo, rloo
+from lsc_align.align import ppo, rloo
 
 
 def test_leave_one_out_advantages_by_hand():

@@ -1,6 +1,6 @@
 """Read-only loaders for the notebooks: a run directory or a sweep as plain Python / numpy.
 
-A run directory (lsc_align.pipeline.align) may hold metrics.jsonl (PPO iterations), samples.jsonl
+A run directory (lsc_align.pipeline.runs) may hold metrics.jsonl (PPO iterations), samples.jsonl
 (rows {step, prompt, response}), run.json (the run's settings), config.gin and eval results
 (eval_results.json for PPO, eval_results.jsonl with one result per k or γ for best-of-k and the
 closed-form optimum). Every loader returns an empty value when its file is absent, so one

@@ -22,7 +22,7 @@ import gin
 from lsc_align import io_utils
 from lsc_align.eval import report as report_lib
 from lsc_align.eval import results as results_lib
-from lsc_align.pipeline import align
+from lsc_align.pipeline import runs
 from lsc_align.pipeline import experiment
 
 
@@ -33,9 +33,9 @@ def headline(results: Sequence[results_lib.RunResult]) -> list[str]:
   groups: dict[tuple[str, str], list[results_lib.RunResult]] = {}
   for r in results:
     groups.setdefault((r.method, r.objective), []).append(r)
-  for (method, objective), runs in sorted(groups.items()):
+  for (method, objective), group in sorted(groups.items()):
     prop = results_lib.objective_property(objective)  # what the objective is judged on
-    best = max(runs, key=lambda r: (r.and_win_rate or 0.0) if prop not in r.win_rate
+    best = max(group, key=lambda r: (r.and_win_rate or 0.0) if prop not in r.win_rate
                else r.win_rate[prop])
     rates = ', '.join(f'{k} {v:.3f}' for k, v in sorted(best.win_rate.items()))
     and_rate = '' if best.and_win_rate is None else f'AND {best.and_win_rate:.3f}, '
@@ -97,14 +97,14 @@ def _objective(args: argparse.Namespace):
 
 
 def bok_main(args: argparse.Namespace) -> int:
-  results = align.run_best_of_k(args.exp_dir, _objective(args))
+  results = runs.run_best_of_k(args.exp_dir, _objective(args))
   print(json.dumps([{'k': r.k, 'kl': r.kl, 'win_rate': r.win_rate,
                      'and_win_rate': r.and_win_rate} for r in results]))
   return 0
 
 
 def optimum_main(args: argparse.Namespace) -> int:
-  results = align.run_optimum(args.exp_dir, _objective(args))
+  results = runs.run_optimum(args.exp_dir, _objective(args))
   print(json.dumps([{'gamma': r.gamma, 'kl': r.kl, 'win_rate': r.win_rate,
                      'and_win_rate': r.and_win_rate} for r in results]))
   return 0
@@ -114,7 +114,7 @@ def ppo_main(args: argparse.Namespace) -> int:
   """`lsc-align ppo --exp_dir EXP --objective NAME (--kl_coef G | --alpha A) [--resume]`."""
   given = {k: getattr(args, k) for k in ('kl_coef', 'alpha', 'seed', 'run_dir')
            if getattr(args, k) is not None}  # what is not given comes from gin (run_ppo.*)
-  result = align.run_ppo(args.exp_dir, _objective(args), resume=args.resume, **given)
+  result = runs.run_ppo(args.exp_dir, _objective(args), resume=args.resume, **given)
   if result is None:
     from lsc_align.train import loop  # pylint: disable=g-import-not-at-top
     return loop.EXIT_CODE_PREEMPTED
@@ -127,7 +127,7 @@ def ppo_main(args: argparse.Namespace) -> int:
 
 def eval_main(args: argparse.Namespace) -> int:
   """`lsc-align eval --run_dir RUN_DIR [--step N]`: a PPO run, judged from its checkpoint."""
-  result = align.evaluate_run(args.run_dir, args.step)
+  result = runs.evaluate_run(args.run_dir, args.step)
   print(json.dumps({'run': result.run, 'kl': result.kl, 'win_rate': result.win_rate,
                     'and_win_rate': result.and_win_rate, 'shortcut_rate': result.shortcut_rate}))
   return 0

@@ -20,11 +20,11 @@ import gin
 
 from lsc_align import gin_utils
 from lsc_align import io_utils
-from lsc_align.pipeline import align
+from lsc_align.pipeline import runs
 from lsc_align.pipeline import pools_stage
 from lsc_align.rewards import objectives as objectives_lib
 from lsc_align.rewards.objectives import Objective
-from lsc_align.train import pools
+from lsc_align.align import pools
 
 _BINDING = re.compile(r'^make_objective\.(\w+)\s*=\s*(.+)$')
 
@@ -179,23 +179,23 @@ def run_sweep(exp_dir: str, ppo_objectives: Sequence[str] = (),
     run_dir = exp.run(f'bok_{objective.name}')
     if not _has_results(run_dir):
       log(f'best-of-k {objective.name}: k in {list(ks)}')
-      align.run_best_of_k(exp_dir, objective, ks=ks)
+      runs.run_best_of_k(exp_dir, objective, ks=ks)
     done.append(run_dir)
   for _, objective in expand(optimum_objectives, helpful_weights):
     run_dir = exp.run(f'optimum_{objective.name}')
     if not _has_results(run_dir):
       log(f'closed-form optimum {objective.name}: gamma in {list(optimum_kl_coefs)}')
-      align.run_optimum(exp_dir, objective, kl_coefs=optimum_kl_coefs)
+      runs.run_optimum(exp_dir, objective, kl_coefs=optimum_kl_coefs)
     done.append(run_dir)
   points = [(o, g, s) for name, o in expand(ppo_objectives, ppo_helpful_weights)
             for g in gammas(name) for s in seeds]
   for i, (objective, gamma, seed) in enumerate(points, 1):
-    run_dir = exp.run(align.ppo_run_name(objective, gamma, seed))
+    run_dir = exp.run(runs.ppo_run_name(objective, gamma, seed))
     if not _has_results(run_dir):
       log(f'PPO {i}/{len(points)}: {objective.name} gamma={gamma:g} seed={seed}')
       start = time.time()
-      result = align.run_ppo(exp_dir, objective, kl_coef=gamma, seed=seed,
-                             resume=_resume_flag(run_dir), run_dir=run_dir)
+      result = runs.run_ppo(exp_dir, objective, kl_coef=gamma, seed=seed,
+                            resume=_resume_flag(run_dir), run_dir=run_dir)
       _check_completed(result, run_dir)
       log(f'  done in {time.time() - start:.0f} s: KL {result.kl:.2f}, win rates '
           + ', '.join(f'{k} {v:.3f}' for k, v in result.win_rate.items()))
@@ -204,4 +204,4 @@ def run_sweep(exp_dir: str, ppo_objectives: Sequence[str] = (),
 
 
 def _has_results(run_dir: str) -> bool:
-  return any(io_utils.exists(os.path.join(run_dir, align.RESULTS_FILE + s)) for s in ('', 'l'))
+  return any(io_utils.exists(os.path.join(run_dir, runs.RESULTS_FILE + s)) for s in ('', 'l'))

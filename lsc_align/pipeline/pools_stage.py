@@ -1,4 +1,4 @@
-"""Stage: π0 sample pools for an experiment directory (layout in lsc_align.train.pools).
+"""Stage: π0 sample pools for an experiment directory (layout in lsc_align.align.pools).
 
 `build_pools` samples, once per experiment, everything the alignment methods and the evaluation
 read: for RL prompts, m π0 samples' proxy rewards (quantile references) and the canned
@@ -23,8 +23,8 @@ from lsc_align import io_utils
 from lsc_align.world import dataset as world_lib
 from lsc_align.world import judge as world_judge
 from lsc_align.data import arrays as data_arrays
-from lsc_align.train import pools
-from lsc_align.train import references
+from lsc_align.align import pools
+from lsc_align.align import references
 from lsc_align.train import reward_model_trainer
 from lsc_align.train import sft_trainer
 

@@ -87,11 +87,19 @@ class Objective:
                          f'reference for {prop!r}')
 
   def to_dict(self) -> dict[str, Any]:
+    """JSON-ready fields (as stored in a run's run.json); from_dict is the inverse."""
     d = dataclasses.asdict(self)
     d['transform'] = self.transform.value
     for r in d['references']:
       r['kind'] = r['kind'].value
     return d
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> Objective:
+    """The objective of to_dict's output."""
+    return cls(name=d['name'], properties=tuple(d['properties']), transform=d['transform'],
+               weights=tuple(d['weights']),
+               references=tuple(ReferenceSpec(**r) for r in d['references']))
 
 
 def _reference_spec(spec: Any) -> ReferenceSpec:

@@ -3,7 +3,7 @@
 * `run_best_of_k`: for each k, per evaluation prompt the highest-utility of the first k pooled
   π0 samples (one pool reused across k); KL log k − (k−1)/k (docs/DESIGN.md §1).
 * `run_optimum`: the closed-form KL-regularised optimum on the same pool, weights ∝ exp(u/γ).
-* `run_ppo`: the PPO learner (lsc_align.train.ppo) with checkpoints, exact resume, metrics and
+* `run_ppo`: the PPO learner (lsc_align.align.ppo) with checkpoints, exact resume, metrics and
   periodic samples; then fresh samples of the final π on the evaluation prompts, judged.
 
 Every run writes EXP/runs/<name>/eval_results.json(l), read by `lsc-align report`. Utilities on
@@ -34,9 +34,10 @@ from lsc_align.models import sampling
 from lsc_align.pipeline import pools_stage
 from lsc_align.rewards import aggregate
 from lsc_align.rewards.objectives import Objective
-from lsc_align.train import best_of_k, loop, optimum, ppo, ppo_math, ppo_step, pools
-from lsc_align.train import convergence as convergence_lib
-from lsc_align.train import critic, optimum_checks, references, rloo
+from lsc_align.align import best_of_k, optimum, ppo, ppo_math, ppo_step, pools
+from lsc_align.train import loop
+from lsc_align.align import convergence as convergence_lib
+from lsc_align.align import critic, optimum_checks, references, rloo
 from lsc_align.train import trainer_utils
 
 RESULTS_FILE = 'eval_results.json'
@@ -345,14 +346,6 @@ def evaluate_ppo(exp: pools.ExperimentDirs, objective: Objective, gamma: float, 
       extra=extra)
 
 
-def objective_from_dict(d: dict[str, Any]) -> Objective:
-  """Inverse of Objective.to_dict (as stored in a run's run.json)."""
-  from lsc_align.rewards.objectives import ReferenceSpec  # pylint: disable=g-import-not-at-top
-  return Objective(name=d['name'], properties=tuple(d['properties']), transform=d['transform'],
-                   weights=tuple(d['weights']),
-                   references=tuple(ReferenceSpec(**r) for r in d['references']))
-
-
 def _check_same_run(run_dir: str, info: Mapping[str, Any]) -> None:
   """A resumed run must be the run in the directory: ValueError naming what differs."""
   path = os.path.join(run_dir, 'run.json')
@@ -379,7 +372,7 @@ def evaluate_run(run_dir: str, step: int | None = None) -> results_lib.RunResult
                             'from checkpoints (best-of-k and optimum runs are evaluated when made)')
   info = json.loads(io_utils.read_text(info_path))
   exp = pools.ExperimentDirs(info['exp_dir'])
-  objective = objective_from_dict(info['objective'])
+  objective = Objective.from_dict(info['objective'])
   hp = ppo_step.PPOHyperparams(**info['hp'])
   models = pools_stage.load_models(exp)
   template = ppo.init_state(models.policy_params, hp, info['seed'])

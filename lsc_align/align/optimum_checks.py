@@ -1,4 +1,4 @@
-"""How far to trust the pooled estimate of the optimum J* (train/optimum.py), and the share of it.
+"""How far to trust the pooled estimate of the optimum J* (align/optimum.py), and the share of it.
 
 J*_N = γ log mean_j exp(u_j/γ) over N π0 samples is biased low (Jensen) and its KL is capped at
 log N, so at small γ it degrades towards best-of-N. Three checks, per prompt where it matters:
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from jax.typing import ArrayLike
 
-from lsc_align.train import optimum
+from lsc_align.align import optimum
 
 
 def effective_sample_size(utilities: ArrayLike, kl_coef: float) -> np.ndarray:

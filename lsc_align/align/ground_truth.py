@@ -27,7 +27,7 @@ from lsc_align.models import policy, reward_model, sampling, t5_encoder
 from lsc_align.models.policy import EOS_ID, PolicyConfig
 from lsc_align.rewards import aggregate, make_objective
 from lsc_align.rewards.objectives import Objective
-from lsc_align.train import ppo_step
+from lsc_align.align import ppo_step
 
 PROPERTIES = ('helpful', 'harmless')
 
@@ -198,7 +198,7 @@ def make_setup(problem: GroundTruthProblem, objective: Objective, gamma: float,
                copies: int = 4) -> Any:
   """A `ppo.PPOSetup` on the problem: its prompts (each `copies` times, so a batch may repeat a
   prompt), its reward models and the exact π0-median references."""
-  from lsc_align.train import ppo  # pylint: disable=g-import-not-at-top  (ppo imports this module's peers)
+  from lsc_align.align import ppo  # pylint: disable=g-import-not-at-top  (ppo imports this module's peers)
   if hp.max_response_length != problem.sizes.max_response_length:
     raise ValueError(f'hp.max_response_length {hp.max_response_length} != the problem\'s '
                      f'{problem.sizes.max_response_length}')
@@ -216,7 +216,7 @@ def train(problem: GroundTruthProblem, objective: Objective, gamma: float,
   """Runs a learner's real iteration on the problem; exact evaluation at the end (and every
   `eval_every` iterations). Returns {'final': evaluate_policy(...), 'history': [...],
   'critic': critic-init statistics}."""
-  from lsc_align.train import critic, ppo, rloo  # pylint: disable=g-import-not-at-top
+  from lsc_align.align import critic, ppo, rloo  # pylint: disable=g-import-not-at-top
   setup = make_setup(problem, objective, gamma, hp, batch_size, seed, copies)
   step_fn = rloo.iteration_fn(learner)
   state = ppo.init_state(problem.pi0_params, hp, seed)

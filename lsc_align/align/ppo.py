@@ -18,9 +18,9 @@ from flax import struct
 
 from lsc_align import partitioning
 from lsc_align.models import sampling
-from lsc_align.train import ppo_step
+from lsc_align.align import ppo_step
 from lsc_align.train.loop import EpochBatchSchedule, TrainState
-from lsc_align.train.ppo_step import PPOHyperparams, Scorer
+from lsc_align.align.ppo_step import PPOHyperparams, Scorer
 
 
 class PPOState(struct.PyTreeNode):

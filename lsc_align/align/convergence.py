@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsc_align.models import sampling
-from lsc_align.train import ppo_step
+from lsc_align.align import ppo_step
 
 _VALIDATION_KEY = 0x5A11D  # one fixed sampling key for every check of every run
 

@@ -20,7 +20,7 @@ from lsc_align.models import policy, reward_model, sampling
 from lsc_align.models.policy import PolicyConfig
 from lsc_align.rewards import aggregate, reference
 from lsc_align.rewards.objectives import Objective, ReferenceKind
-from lsc_align.train import ppo_math
+from lsc_align.align import ppo_math
 from lsc_align.train.loop import TrainState
 
 

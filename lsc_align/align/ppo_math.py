@@ -6,7 +6,6 @@ Conventions: sequences are the response tokens only, shape [B, L], with `mask` 1
 """
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -88,14 +87,6 @@ def whiten(x: ArrayLike, mask: ArrayLike, shift_mean: bool = True) -> jax.Array:
   if not shift_mean:
     out = out + mean
   return out * jnp.asarray(mask, jnp.float32)
-
-
-@dataclasses.dataclass(frozen=True)
-class PPOLossConfig:
-  clip_ratio: float = 0.2        # policy ratio clipped to [1 − ε, 1 + ε]
-  value_clip: float = 0.2        # value prediction clipped to old value ± this
-  value_coef: float = 0.5        # only used when policy and value share one optimiser
-  entropy_coef: float = 0.0
 
 
 def policy_loss(logprobs: ArrayLike, old_logprobs: ArrayLike, advantages: ArrayLike,

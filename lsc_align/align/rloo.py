@@ -22,8 +22,8 @@ from jax.typing import ArrayLike
 
 from lsc_align.models import sampling
 from lsc_align.models.policy import PolicyConfig
-from lsc_align.train import ppo, ppo_step
-from lsc_align.train.ppo import PPOSetup, PPOState
+from lsc_align.align import ppo, ppo_step
+from lsc_align.align.ppo import PPOSetup, PPOState
 
 
 def leave_one_out_advantages(returns: ArrayLike, k: int) -> jax.Array:
