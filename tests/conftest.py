@@ -86,11 +86,12 @@ def tiny_ppo_run(tiny_experiment):
 
 @pytest.fixture(scope='session', autouse=True)
 def compilation_cache(tmp_path_factory):
-  """One persistent XLA compilation cache for the whole session, subprocesses included.
+  """One persistent XLA compilation cache for the whole session.
 
   Trainers and stages jit fresh closures on every call, and the tiny experiment, the bucket
   test, the HH pipeline and the README's commands build the same programs; with the cache each
-  distinct program is compiled once. (The environment variables reach subprocess workers.)
+  distinct program is compiled once. Subprocesses share it when their environment asks for it
+  (worker_env(..., compilation_cache=True)).
   """
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental.compilation_cache import compilation_cache as cache  # pylint: disable=all
@@ -125,9 +126,17 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def worker_env(devices: int, **extra: str) -> dict[str, str]:
-  """Environment of a CPU worker subprocess with `devices` fake devices and no cluster vars."""
-  env = {k: v for k, v in os.environ.items() if not k.startswith(('LSC_ALIGN_', 'TPU_'))}
+CACHE_VARS = ('JAX_COMPILATION_CACHE_DIR', 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS')
+
+
+def worker_env(devices: int, compilation_cache: bool = False, **extra: str) -> dict[str, str]:
+  """Environment of a CPU worker subprocess with `devices` fake devices and no cluster vars.
+
+  The session's compilation cache reaches the worker only when asked: multi-process workers
+  (jax.distributed) compile on their own, as they always did.
+  """
+  env = {k: v for k, v in os.environ.items() if not k.startswith(('LSC_ALIGN_', 'TPU_'))
+         and (compilation_cache or k not in CACHE_VARS)}
   env.update(XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', JAX_PLATFORMS='cpu',
              TF_CPP_MIN_LOG_LEVEL='3', PYTHONUNBUFFERED='1')
   env.update(extra)

@@ -38,7 +38,7 @@ def _lsc_align() -> str:
 
 
 def _run(argv: list[str], cwd: pathlib.Path, timeout_s: float = 600) -> subprocess.CompletedProcess:
-  env = conftest.worker_env(1, PYTHONPATH='')  # one device, as a user's shell has
+  env = conftest.worker_env(1, compilation_cache=True, PYTHONPATH='')  # one device
   return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
                         timeout=timeout_s, check=False)
 
