@@ -124,14 +124,25 @@ def iteration_metrics(setup: PPOSetup, scores: ppo_step.Scores, response_mask: j
   }
 
 
-def ppo_iteration(setup: PPOSetup, state: PPOState,
-                  batch: dict[str, np.ndarray]) -> tuple[PPOState, dict[str, jax.Array]]:
-  """One PPO iteration on a prompt batch; returns the new state and scalar metrics."""
+@dataclasses.dataclass
+class Scored:
+  """One iteration's rollouts, scored: what every learner's update starts from."""
+  batch: dict[str, jax.Array]      # placed prompt batch, samples_per_prompt rows per prompt
+  sample: Any                      # sampling.SampleOutput
+  scores: Any                      # ppo_step.Scores
+  shuffle_key: jax.Array           # for the minibatch order
+  started: float                   # perf_counter at the start of sampling
+  sampled: float                   # ... after sampling
+  scored: float                    # ... after scoring
+
+
+def sample_and_score(setup: PPOSetup, state: PPOState,
+                     batch: dict[str, np.ndarray]) -> Scored:
+  """Samples from the policy and runs the jitted scoring step (the part every learner shares)."""
   hp, config = setup.hp, setup.scorer.policy_config
   batch = repeat_samples(_place(setup, batch), hp.samples_per_prompt)
   key = jax.random.fold_in(state.policy.rng, state.step)
   rollout_key, shuffle_key = jax.random.split(key)
-
   t0 = time.perf_counter()
   sample = sampling.sample(state.policy.params, config, batch['prompt_ids'], rollout_key,
                            max_response_length=hp.max_response_length,
@@ -142,12 +153,26 @@ def ppo_iteration(setup: PPOSetup, state: PPOState,
                           setup.gaussian_params, batch['prompt_ids'], sample.response_ids,
                           sample.logprobs, batch['table_refs'], jnp.float32(setup.kl_coef))
   jax.block_until_ready(scores.utility)
-  t2 = time.perf_counter()
-  rollout = ppo_step.advantages_step(config, hp, state.policy.params, batch['prompt_ids'],
-                                     sample.response_ids, scores.token_rewards)
-  train, stats = minibatch_updates(state.policy, config, hp, rollout, shuffle_key)
+  return Scored(batch, sample, scores, shuffle_key, t0, t1, time.perf_counter())
+
+
+def finish_iteration(setup: PPOSetup, state: PPOState, scored: Scored, train: TrainState,
+                     stats: dict[str, jax.Array]) -> tuple[PPOState, dict[str, jax.Array]]:
+  """Records the timings and returns (next state, metrics) after a learner's update."""
   jax.block_until_ready(train.params)
-  t3 = time.perf_counter()
-  setup.timings = {'rollout_s': t1 - t0, 'scoring_s': t2 - t1, 'update_s': t3 - t2}
-  metrics = iteration_metrics(setup, scores, sample.response_mask, stats)
+  setup.timings = {'rollout_s': scored.sampled - scored.started,
+                   'scoring_s': scored.scored - scored.sampled,
+                   'update_s': time.perf_counter() - scored.scored}
+  metrics = iteration_metrics(setup, scored.scores, scored.sample.response_mask, stats)
   return PPOState(step=state.step + 1, policy=train), metrics
+
+
+def ppo_iteration(setup: PPOSetup, state: PPOState,
+                  batch: dict[str, np.ndarray]) -> tuple[PPOState, dict[str, jax.Array]]:
+  """One PPO iteration on a prompt batch; returns the new state and scalar metrics."""
+  hp, config = setup.hp, setup.scorer.policy_config
+  scored = sample_and_score(setup, state, batch)
+  rollout = ppo_step.advantages_step(config, hp, state.policy.params, scored.batch['prompt_ids'],
+                                     scored.sample.response_ids, scored.scores.token_rewards)
+  train, stats = minibatch_updates(state.policy, config, hp, rollout, scored.shuffle_key)
+  return finish_iteration(setup, state, scored, train, stats)

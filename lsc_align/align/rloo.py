@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from typing import Any, Callable
 
 import jax
@@ -63,29 +62,13 @@ def rloo_iteration(setup: PPOSetup, state: PPOState,
   hp, config = setup.hp, setup.scorer.policy_config
   # The value loss is off: the update is PPO's clipped surrogate (and entropy bonus) alone.
   update_hp = dataclasses.replace(hp, value_coef=0.0)
-  batch = ppo.repeat_samples(ppo._place(setup, batch), hp.samples_per_prompt)  # pylint: disable=protected-access
-  key = jax.random.fold_in(state.policy.rng, state.step)
-  rollout_key, shuffle_key = jax.random.split(key)
-  t0 = time.perf_counter()
-  sample = sampling.sample(state.policy.params, config, batch['prompt_ids'], rollout_key,
-                           max_response_length=hp.max_response_length,
-                           temperature=hp.temperature)
-  jax.block_until_ready(sample.response_ids)
-  t1 = time.perf_counter()
-  scores = ppo_step.score(setup.scorer, setup.reward_params, setup.ref_policy_params,
-                          setup.gaussian_params, batch['prompt_ids'], sample.response_ids,
-                          sample.logprobs, batch['table_refs'], jnp.float32(setup.kl_coef))
-  jax.block_until_ready(scores.utility)
-  t2 = time.perf_counter()
-  rollout = rollout_step(config, hp, state.policy.params, batch['prompt_ids'],
-                         sample.response_ids, scores.token_rewards)
-  train, stats = ppo.minibatch_updates(state.policy, config, update_hp, rollout, shuffle_key)
-  jax.block_until_ready(train.params)
-  t3 = time.perf_counter()
-  setup.timings = {'rollout_s': t1 - t0, 'scoring_s': t2 - t1, 'update_s': t3 - t2}
+  scored = ppo.sample_and_score(setup, state, batch)
+  rollout = rollout_step(config, hp, state.policy.params, scored.batch['prompt_ids'],
+                         scored.sample.response_ids, scored.scores.token_rewards)
+  train, stats = ppo.minibatch_updates(state.policy, config, update_hp, rollout,
+                                       scored.shuffle_key)
   stats = {k: v for k, v in stats.items() if not k.startswith('value')}
-  return (PPOState(step=state.step + 1, policy=train),
-          ppo.iteration_metrics(setup, scores, sample.response_mask, stats))
+  return ppo.finish_iteration(setup, state, scored, train, stats)
 
 
 LEARNERS = {'ppo': ppo.ppo_iteration, 'rloo': rloo_iteration}
