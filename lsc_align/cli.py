@@ -38,6 +38,7 @@ CONFIGURABLE_MODULES = ('lsc_align.world.config', 'lsc_align.world.dataset',
                         'lsc_align.models.reward_model', 'lsc_align.models.policy',
                         'lsc_align.rewards.objectives', 'lsc_align.pipeline.pools_stage',
                         'lsc_align.pipeline.runs', 'lsc_align.pipeline.experiment',
+                        'lsc_align.pipeline.reference_stage',
                         'lsc_align.pipeline.demo')
 
 EXIT_USER_ERROR = 2  # as argparse's own usage errors
@@ -91,6 +92,20 @@ COMMANDS: dict[str, Command] = {
                         (_RUN_DIR, _RESUME, _LENIENT,
                          _path('--init_t5x_checkpoint', default=None,
                                help='start the encoder from this T5X checkpoint'))),
+    'train-reference': Command(
+        'lsc_align.train.reference_trainer', 'main',
+        'train the reference-reward predictor r_mean(x), r_std(x) of one property', (
+            _RUN_DIR, _RESUME,
+            _path('--pool_file', default=None,
+                  help='npz with prompt_ids and reward_<property> (default: gin)'),
+            _path('--reward_model_dir', default=None,
+                  help='the reward model run that scored the pool (default: gin)'),
+            ('--property_name', {'default': None, 'choices': ('helpful', 'harmless')}))),
+    'references': Command('lsc_align.pipeline.reference_stage', 'references_main',
+                          'reference pool, predictors and their calibration for an experiment',
+                          (_EXP_DIR, ('--properties', {
+                              'default': None,
+                              'help': 'comma-separated (default: helpful,harmless)'}))),
     'rm-diagnose': Command('lsc_align.eval.rm_diagnostics', 'main',
                            'which gold terms a world reward model gets wrong (JSON)', (
                                _RUN_DIR,

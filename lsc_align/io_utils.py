@@ -9,6 +9,7 @@ Paths are strings; ``os.path.join``/``dirname``/``basename`` work on URL strings
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -100,6 +101,15 @@ def load_npz(path: PathLike) -> dict[str, Any]:
   source = io.BytesIO(read_bytes(path)) if is_url(path) else path
   with np.load(source, allow_pickle=False) as archive:
     return {name: archive[name] for name in archive.files}
+
+
+def file_digest(path: PathLike) -> str:
+  """SHA-256 hex digest of a file's bytes (read in 1 MiB blocks)."""
+  digest = hashlib.sha256()
+  with open_file(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 def file_signature(path: PathLike) -> tuple[int, int]:

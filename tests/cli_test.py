@@ -288,6 +288,11 @@ def test_missing_t5x_checkpoint(tiny_world, tmp_path, capsys):
      'build the pools first'),
     (['world-stats', '--data', '{tmp}'], 'world-stats', 'world.json'),
     (['report', '--sweep_dir', '{tmp}'], 'report', 'no eval results found'),
+    (['train-reference', '--run_dir', '{tmp}/ref', '--pool_file', '{tmp}/none.npz',
+      '--reward_model_dir', '{tmp}'], 'train-reference', 'no final reward model'),
+    (['references', '--exp_dir', '{tmp}'], 'references', 'has no pools yet'),
+    (['references', '--exp_dir', '{tmp}', '--properties', 'funny'], 'references',
+     "unknown ['funny']"),
 ])
 def test_missing_inputs(argv, command, fragment, tmp_path, capsys):
   code, _, err = _run([a.format(tmp=tmp_path) for a in argv], capsys)

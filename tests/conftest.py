@@ -4,6 +4,7 @@ XLA_FLAGS must be set before jax is first imported; conftest.py is imported by p
 test module, so every test sees 8 CPU devices and builds 1-device meshes from jax.devices()[:1].
 """
 import os
+import signal
 
 os.environ['XLA_FLAGS'] = (
     os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
@@ -165,3 +166,19 @@ def communicate_all(procs, timeout_s: float) -> list[tuple[int, str]]:
         p.kill()
         p.wait()
   return results
+
+
+def preempt_at(monkeypatch, step: int) -> None:
+  """The next loop.run_training gets a real SIGTERM right after update `step`."""
+  from lsc_align.train import loop  # pylint: disable=g-import-not-at-top
+  original = loop.run_training
+
+  def wrapped(*args, step_callback=None, **kwargs):
+    def callback(s, state, metrics):
+      if step_callback is not None:
+        step_callback(s, state, metrics)
+      if s == step:
+        os.kill(os.getpid(), signal.SIGTERM)  # handled by loop.PreemptionGuard
+    return original(*args, step_callback=callback, **kwargs)
+
+  monkeypatch.setattr(loop, 'run_training', wrapped)

@@ -6,9 +6,9 @@ so the trainer's sharded path is the one exercised.
 import json
 import os
 import pathlib
-import signal
 from typing import Any
 
+import conftest  # pylint: disable=g-bad-import-order
 import gin
 import jax
 import numpy as np
@@ -63,20 +63,6 @@ def run_from_run_file(run_dir: pathlib.Path, data_dir: pathlib.Path,
     gin.clear_config()
 
 
-def preempt_at(monkeypatch, step: int) -> None:
-  """The trainer's next run_training gets a real SIGTERM right after update `step`."""
-  original = loop.run_training
-
-  def wrapped(*args, step_callback=None, **kwargs):
-    def callback(s, state, metrics):
-      step_callback(s, state, metrics)
-      if s == step:
-        os.kill(os.getpid(), signal.SIGTERM)  # handled by loop.PreemptionGuard
-    return original(*args, step_callback=callback, **kwargs)
-
-  monkeypatch.setattr(loop, 'run_training', wrapped)
-
-
 @pytest.fixture(scope='module')
 def uninterrupted(tiny_world, arrays, tmp_path_factory) -> pathlib.Path:
   run_dir = tmp_path_factory.mktemp('rm_full')
@@ -128,7 +114,7 @@ def test_preempted_then_resumed_equals_uninterrupted(uninterrupted, tiny_world, 
   # Same `steps` (so the same LR schedule) in both runs; only the stop differs: a real SIGTERM
   # after update STOP_AT, saved by loop.PreemptionGuard. Dropout is on, so the dropout keys
   # and the data order must both resume exactly. (tests/sft_trainer_test.py covers a crash.)
-  preempt_at(monkeypatch, STOP_AT)
+  conftest.preempt_at(monkeypatch, STOP_AT)
   first = run_from_run_file(tmp_path, tiny_world, cache_dir=str(arrays))
   assert first.exit_code == loop.EXIT_CODE_PREEMPTED and first.step == STOP_AT
   assert not (tmp_path / 'rm_final.msgpack').exists()

@@ -6,8 +6,12 @@ An experiment directory holds the stages' outputs side by side:
     EXP/rm_<property>/    reward models (lsc-align train-rm)
     EXP/judge_<property>/ judge reward models, for data without gold utilities (HH text)
     EXP/sft/              π0 (lsc-align sft)
+    EXP/ref_<property>/   reference-reward predictors r_mean, r_std (lsc-align references),
+                          with calibration.json
     EXP/pools/train.npz   RL prompts with m π0 samples' rewards (quantile references) and the
                           mean reward of canned refusals, per property
+    EXP/pools/reference.npz  training prompts with 64 π0 samples' rewards each, per property:
+                          what the reference predictors learn from
     EXP/pools/eval.npz    evaluation prompts with a pool of N π0 samples (best-of-k, optimum,
                           references) and a separate set of SFT samples (the win-rate baseline),
                           each with proxy rewards, gold judge scores and shortcut flags
@@ -78,6 +82,10 @@ class ExperimentDirs:
   def judge_model(self, prop: str) -> str:
     """A separately trained judge reward model (data without gold utilities, e.g. HH)."""
     return os.path.join(self.root, f'judge_{prop}')
+
+  def reference_model(self, prop: str) -> str:
+    """The Gaussian reference predictor of a property (lsc_align.train.reference_trainer)."""
+    return os.path.join(self.root, f'ref_{prop}')
 
   @property
   def sft(self) -> str:

@@ -92,7 +92,9 @@ def canned_rewards(reward_fn: RewardFn, prompt_ids: np.ndarray,
 
 def reference_table(objective: Objective, sample_rewards: Mapping[str, np.ndarray] | None = None,
                     canned: Mapping[str, np.ndarray] | None = None,
-                    num_prompts: int | None = None) -> np.ndarray:
+                    num_prompts: int | None = None,
+                    gaussian: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
+                    ) -> np.ndarray:
   """[N, P] references, one column per objective property, from its ReferenceSpec.
 
   Args:
@@ -100,12 +102,13 @@ def reference_table(objective: Objective, sample_rewards: Mapping[str, np.ndarra
     sample_rewards: property → [N, m] rewards of π0 samples (quantile references).
     canned: property → [N] mean reward of canned responses (canned references).
     num_prompts: N, needed when no column comes from data (constant / none only).
-
-  Gaussian references are evaluated inside the scoring step by the predictor; their column
-  here is 0 and unused.
+    gaussian: property → (r_mean, r_std) [N] from its predictor (Gaussian references). Without
+      it a Gaussian column is 0: the PPO scoring step evaluates the predictor itself.
   """
   sample_rewards, canned = dict(sample_rewards or {}), dict(canned or {})
+  gaussian = dict(gaussian or {})
   sizes = {v.shape[0] for v in list(sample_rewards.values()) + list(canned.values())}
+  sizes |= {m.shape[0] for m, _ in gaussian.values()}
   if num_prompts is not None:
     sizes.add(num_prompts)
   if len(sizes) != 1:
@@ -123,8 +126,10 @@ def reference_table(objective: Objective, sample_rewards: Mapping[str, np.ndarra
       if prop not in canned:
         raise ValueError(f'objective {objective.name!r}: {prop!r} needs canned-response rewards')
       columns.append(np.asarray(canned[prop]))
+    elif spec.kind == ReferenceKind.GAUSSIAN and prop in gaussian:
+      columns.append(np.asarray(reference.gaussian_reference(*gaussian[prop], spec.quantile)))
     elif spec.kind == ReferenceKind.CONSTANT:
       columns.append(np.full((n,), spec.value, np.float32))
-    else:  # NONE (raw, pointwise) or GAUSSIAN (computed in the scoring step)
+    else:  # NONE (raw, pointwise), or GAUSSIAN evaluated in the scoring step
       columns.append(np.zeros((n,), np.float32))
   return np.stack(columns, axis=-1).astype(np.float32)

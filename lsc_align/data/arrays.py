@@ -85,14 +85,6 @@ def _subsets(kind: str) -> tuple[str, ...]:
   return (PROPERTY_SUBSETS[kind.split('/')[1]],)
 
 
-def _file_digest(path: str) -> str:
-  digest = hashlib.sha256()
-  with io_utils.open_file(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def cache_key(data_dir: str | os.PathLike[str], vocabulary_path: str | os.PathLike[str],
               kind: str, split: str, feature_lengths: Mapping[str, int],
               validation_fraction: float = hh.DEFAULT_VALIDATION_FRACTION,
@@ -104,7 +96,7 @@ def cache_key(data_dir: str | os.PathLike[str], vocabulary_path: str | os.PathLi
     for split_name, path in hh.split_files(os.path.join(data_dir, subset)).items():
       files[f'{subset}/{split_name}'] = [os.path.basename(path), *io_utils.file_signature(path)]
   settings = {'version': CACHE_FORMAT_VERSION, 'data_dir': data_dir, 'files': files,
-              'vocabulary': _file_digest(check_vocabulary_path(vocabulary_path)), 'kind': kind,
+              'vocabulary': io_utils.file_digest(check_vocabulary_path(vocabulary_path)), 'kind': kind,
               'split': split, 'lengths': {k: int(v) for k, v in sorted(feature_lengths.items())},
               'validation_fraction': validation_fraction}
   if lenient:  # a strict read fails on a bad line where a lenient one skips it

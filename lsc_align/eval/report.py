@@ -179,9 +179,41 @@ def _comparison_table(comparisons: Sequence[Comparison]) -> list[str]:
   return _table(['method', 'KL', 'objective', 'baseline', *metrics], body)
 
 
+def calibration_table(calibrations: Sequence[Mapping[str, Any]]) -> list[str]:
+  """Markdown lines: reference-predictor calibration per property on unseen prompts.
+
+  Each calibration is a reference predictor's calibration.json (lsc_align.pipeline.
+  reference_stage.calibrate): the Gaussian predictor, the empirical quantile of the prompt's
+  SFT samples and a constant predictor, each against fresh π0 samples.
+  """
+  rows = []
+  for c in calibrations:
+    sources = [('gaussian', 'Gaussian predictor'),
+               ('empirical', f'empirical, {c["empirical"]["samples_per_prompt"]} SFT samples'),
+               ('constant', 'constant')]
+    for key, label in sources:
+      for row in c[key]['quantiles']:
+        rows.append([c['property'], label, f'{row["q"]:g}',
+                     f'{row["coverage"]:.3f} ± {1.96 * row["coverage_se"]:.3f}',
+                     f'{row["quantile_error_mean"]:+.3f}', f'{row["quantile_error_mae"]:.3f}',
+                     f'{row["quantile_error_mae_in_std"]:.2f}',
+                     f'{row["empirical_quantile_se"]:.3f}' if 'empirical_quantile_se' in row
+                     else ''])
+  n = calibrations[0]['gaussian']['prompts'] if calibrations else 0
+  m = calibrations[0]['fresh_samples_per_prompt'] if calibrations else 0
+  return ([f'Evaluation prompts the predictor never saw ({n}), {m} fresh π0 samples each. '
+           'Coverage: share of the samples below the reference (ideal: q; ± 95% over prompts). '
+           'Error: reference − empirical q-quantile of the fresh samples (mean, mean absolute, '
+           'and mean absolute in units of the prompt\'s sample std); the empirical quantile\'s '
+           'own standard error is the noise floor of that error.', '']
+          + _table(['property', 'reference', 'q', 'coverage', 'error (mean)', 'error (MAE)',
+                    'MAE / std', 'empirical quantile s.e.'], rows))
+
+
 def render_markdown(results: Sequence[RunResult], points: Sequence[FrontierPoint],
                     comparisons: Sequence[Comparison], gaps: Sequence[Mapping[str, Any]],
-                    figures: Sequence[tuple[str, str, str | None]]) -> str:
+                    figures: Sequence[tuple[str, str, str | None]],
+                    calibrations: Sequence[Mapping[str, Any]] = ()) -> str:
   """report.md text; figures are (file name, title, skip reason or None if drawn)."""
   columns = _metric_columns(points)
   lines = ['# Evaluation report', '',
@@ -206,6 +238,8 @@ def render_markdown(results: Sequence[RunResult], points: Sequence[FrontierPoint
   else:
     lines.append('No gap computed: no PPO point lies inside the KL range of an "optimum" '
                  'frontier of the same objective.')
+  if calibrations:
+    lines += ['', '## Reference predictors: calibration', ''] + calibration_table(calibrations)
   lines += ['', '## Figures', '']
   for file_name, title, reason in figures:
     lines.append(f'### {title}')
@@ -220,7 +254,8 @@ def render_markdown(results: Sequence[RunResult], points: Sequence[FrontierPoint
 
 def write_report(source: str | os.PathLike[str] | Sequence[RunResult | Mapping[str, Any]],
                  out_dir: str | os.PathLike[str], matched_kl: float | None = None,
-                 comparison_kls: Sequence[float] | None = None) -> str:
+                 comparison_kls: Sequence[float] | None = None,
+                 calibrations: Sequence[Mapping[str, Any]] = ()) -> str:
   """Writes out_dir/report.md and its PNG figures; returns the path of report.md.
 
   Args:
@@ -231,6 +266,7 @@ def write_report(source: str | os.PathLike[str] | Sequence[RunResult | Mapping[s
       objective); default: per method, the largest KL every objective reaches.
     comparison_kls: KLs for the headline comparisons; default: middle and top of each pair's
       common KL range.
+    calibrations: reference predictors' calibration.json contents, tabulated when given.
 
   Raises:
     ValueError: no results, or an eval result fails validation (naming its file and field).
@@ -249,7 +285,7 @@ def write_report(source: str | os.PathLike[str] | Sequence[RunResult | Mapping[s
     except plots.MissingData as e:
       figures.append((file_name, title, str(e)))
   text = render_markdown(results, points, matched_kl_comparisons(points, comparison_kls),
-                         optimum_gaps(points), figures)
+                         optimum_gaps(points), figures, calibrations)
   report_path = f'{out_dir.rstrip("/")}/report.md'
   io_utils.atomic_write_text(report_path, text)
   return report_path

@@ -138,13 +138,16 @@ class RewardModel(nn.Module):
 
 
 class GaussianReferenceModel(nn.Module):
-  """(r_mean(x), r_std(x)) from prompt-only tokens [B, L]; std = softplus(.) + min_std.
+  """(r_mean(x), r_std(x)) from prompt-only tokens [B, L]; std = softplus(.) + min_std > 0.
 
   The reference reward is r_ref(x) = r_mean(x) + s·r_std(x), s = Φ⁻¹(q) (docs/DESIGN.md §1).
   """
   config: RewardModelConfig
 
   def setup(self):
+    if not self.config.min_std > 0:  # the floor is what keeps r_std(x) > 0 for any input
+      raise ValueError(f'GaussianReferenceModel needs RewardModelConfig.min_std > 0 (r_std(x) = '
+                       f'softplus(.) + min_std must stay positive), got {self.config.min_std}')
     enc = self.config.encoder
     self.token_embedder = t5_encoder.Embed(enc.vocab_size, enc.emb_dim, enc.activation_dtype)
     self.encoder = t5_encoder.Encoder(enc, shared_embedding=self.token_embedder)

@@ -59,7 +59,9 @@ def run_experiment(out_dir: str, seed: int = 0, name: str = 'experiment') -> str
   if not distributed.is_main_process():  # one writer for the report and summary
     return os.path.join(out_dir, 'report', 'report.md')
   report_dir = os.path.join(out_dir, 'report')
-  path = report_lib.write_report(os.path.join(out_dir, 'runs'), report_dir)
+  from lsc_align.pipeline import reference_stage  # pylint: disable=g-import-not-at-top
+  path = report_lib.write_report(os.path.join(out_dir, 'runs'), report_dir,
+                                 calibrations=reference_stage.load_calibrations(out_dir))
   results = results_lib.load_run_results(os.path.join(out_dir, 'runs'))
   summary = {'report': path, 'seconds': round(time.time() - start, 1),
              'headline': headline(results)}

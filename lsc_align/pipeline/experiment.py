@@ -1,8 +1,10 @@
-"""An experiment end to end: world → reward models → π0 → pools → sweeps → report.
+"""An experiment end to end: world → reward models → π0 → pools → (reference predictors) →
+sweeps → report.
 
 `prepare` runs the stages that every alignment run shares; `run_sweep` expands a sweep (PPO over
 objectives × γ × seeds, best-of-k and the closed-form optimum over objectives) into runs and
-runs them one after another. Every stage is skipped when its output exists and resumed from its
+runs them one after another, first training the reference predictors that its objectives'
+Gaussian references need (lsc_align.pipeline.reference_stage). Every stage is skipped when its output exists and resumed from its
 latest checkpoint when it was interrupted, so re-running a killed command continues it.
 Objectives are named by their files under configs/objectives/ (`load_objective`); the weighted
 raw-sum baseline is swept over w with `weighted_variants`.
@@ -22,9 +24,11 @@ from lsc_align import gin_utils
 from lsc_align import io_utils
 from lsc_align.pipeline import runs
 from lsc_align.pipeline import pools_stage
+from lsc_align.pipeline import reference_stage
 from lsc_align.rewards import objectives as objectives_lib
 from lsc_align.rewards.objectives import Objective
 from lsc_align.align import pools
+from lsc_align.train import loop
 
 _BINDING = re.compile(r'^make_objective\.(\w+)\s*=\s*(.+)$')
 
@@ -107,7 +111,7 @@ def prepare(exp_dir: str, pool_sizes: pools_stage.PoolSizes | None = None,
     if _stage_done(os.path.join(run_dir, reward_model_trainer.PARAMS_FILE)):
       return
     log(f'[2/4] reward model {prop} -> {run_dir}')
-    _check_completed(reward_model_trainer.train_reward_model(
+    loop.check_completed(reward_model_trainer.train_reward_model(
         run_dir=run_dir, data_dir=exp.data, vocabulary=exp.vocabulary, property_name=prop,
         resume=_resume_flag(run_dir), lenient=lenient, **kwargs), run_dir)
 
@@ -122,22 +126,12 @@ def prepare(exp_dir: str, pool_sizes: pools_stage.PoolSizes | None = None,
     result = sft_trainer.train_sft(run_dir=exp.sft, data_dir=exp.data,
                                    vocabulary=exp.vocabulary, seed=seed,
                                    resume=_resume_flag(exp.sft), lenient=lenient)
-    _check_completed(result, exp.sft)
+    loop.check_completed(result, exp.sft)
   if not all(_stage_done(exp.pool(s)) for s in ('train', 'eval')):
     log(f'[4/4] pi0 sample pools -> {os.path.dirname(exp.pool("train"))}')
   pools_stage.build_pools(exp.root, pool_sizes or pools_stage.PoolSizes(), seed=seed,
                           lenient=lenient)
   return exp
-
-
-class Preempted(Exception):
-  """A stage stopped on SIGTERM after saving a checkpoint; re-run the command to resume."""
-  exit_code = 75  # loop.EXIT_CODE_PREEMPTED: the CLI exits with it
-
-
-def _check_completed(result: Any, run_dir: str) -> None:
-  if result is None or getattr(result, 'exit_code', 0):
-    raise Preempted(f'{run_dir}: stopped after a preemption save; re-run to resume')
 
 
 @gin.configurable
@@ -174,6 +168,13 @@ def run_sweep(exp_dir: str, ppo_objectives: Sequence[str] = (),
       return kl_coefs[name]
     return kl_coefs
 
+  needed = sorted({p for names, weights in ((bok_objectives, helpful_weights),
+                                             (optimum_objectives, helpful_weights),
+                                             (ppo_objectives, ppo_helpful_weights))
+                    for _, objective in expand(names, weights)
+                    for p in reference_stage.gaussian_properties(objective)})
+  if needed:  # the stage is skipped when its predictors exist
+    reference_stage.prepare_references(exp_dir, needed, log=log)
   done: list[str] = []
   for _, objective in expand(bok_objectives, helpful_weights):
     run_dir = exp.run(f'bok_{objective.name}')
@@ -196,7 +197,7 @@ def run_sweep(exp_dir: str, ppo_objectives: Sequence[str] = (),
       start = time.time()
       result = runs.run_ppo(exp_dir, objective, kl_coef=gamma, seed=seed,
                             resume=_resume_flag(run_dir), run_dir=run_dir)
-      _check_completed(result, run_dir)
+      loop.check_completed(result, run_dir)
       log(f'  done in {time.time() - start:.0f} s: KL {result.kl:.2f}, win rates '
           + ', '.join(f'{k} {v:.3f}' for k, v in result.win_rate.items()))
     done.append(run_dir)

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import gin
 import jax
@@ -92,14 +92,14 @@ def load_judge(exp: pools.ExperimentDirs) -> Judge | None:
   return RewardModelJudge(fns, data_arrays.load_vocabulary(exp.vocabulary))
 
 
-def prompt_set(data_dir: str, vocabulary: str, split: str, prompt_length: int, num: int,
+def prompt_set(data_dir: str, vocabulary: str, split: str, prompt_length: int, num: int | None,
                seed: int, cache_dir: str, lenient: bool = False) -> np.ndarray:
-  """`num` distinct prompts of both prompt mixes, a seeded choice (all if fewer): [num, Lp]."""
+  """`num` distinct prompts of both prompt mixes, a seeded choice (all if fewer or None)."""
   ids = data_arrays.task_arrays(data_dir, vocabulary, 'prompts/all', split,
                                 {'prompt': prompt_length}, cache_dir=cache_dir,
                                 lenient=lenient)['prompt_ids']
   ids = np.unique(ids, axis=0)
-  if num < len(ids):
+  if num is not None and num < len(ids):
     ids = ids[np.sort(np.random.default_rng(seed).choice(len(ids), num, replace=False))]
   return ids.astype(np.int32)
 
@@ -140,13 +140,15 @@ def _score_all(models: Models, prompt_ids: np.ndarray, responses: np.ndarray,
           for prop in pools.PROPERTIES}
 
 
-def _canned_all(models: Models, data_dir: str, vocabulary: str, prompt_ids: np.ndarray,
-                chunk: int) -> dict[str, np.ndarray]:
+def canned_all(models: Models, data_dir: str, vocabulary: str, prompt_ids: np.ndarray,
+               chunk: int, properties: Sequence[str] = pools.PROPERTIES
+               ) -> dict[str, np.ndarray]:
+  """canned_<property>: the mean reward of the data source's refusal phrases per prompt [N]."""
   vocab = data_arrays.load_vocabulary(vocabulary)
   canned = pools.encode_canned(pools.canned_response_texts(data_dir), vocab.encode)
   return {f'canned_{prop}': references.canned_rewards(models.reward_fn(prop), prompt_ids,
                                                       canned, chunk)
-          for prop in pools.PROPERTIES}
+          for prop in properties}
 
 
 def build_pools(exp_dir: str, sizes: PoolSizes | None = None, seed: int = 0,
@@ -177,7 +179,7 @@ def build_pools(exp_dir: str, sizes: PoolSizes | None = None, seed: int = 0,
   train_samples = sample(train_prompts, sizes.train_samples, 0)
   train = {'prompt_ids': train_prompts,
            **_score_all(models, train_prompts, train_samples, chunk),
-           **_canned_all(models, data_dir, vocabulary, train_prompts, chunk)}
+           **canned_all(models, data_dir, vocabulary, train_prompts, chunk)}
   eval_split = 'test' if exp.is_world else data_arrays.validation_split(data_dir)
   eval_prompts = prompt_set(data_dir, vocabulary, eval_split, lp, sizes.eval_prompts, seed + 1,
                             cache, lenient)
@@ -188,7 +190,7 @@ def build_pools(exp_dir: str, sizes: PoolSizes | None = None, seed: int = 0,
                 **{f'pool_{k}': v for k, v in judge_pool(judge, eval_prompts, pool).items()},
                 **{f'sft_{k}': v for k, v in _score_all(models, eval_prompts, sft, chunk).items()},
                 **{f'sft_{k}': v for k, v in judge_pool(judge, eval_prompts, sft).items()},
-                **_canned_all(models, data_dir, vocabulary, eval_prompts, chunk)}
+                **canned_all(models, data_dir, vocabulary, eval_prompts, chunk)}
   io_utils.atomic_save_npz(paths['train'], train)
   io_utils.atomic_save_npz(paths['eval'], evaluation)
   logging.info('pools written in %.1f s', time.time() - start)

@@ -32,8 +32,9 @@ from lsc_align.eval import evaluate as evaluate_lib
 from lsc_align.eval import results as results_lib
 from lsc_align.models import sampling
 from lsc_align.pipeline import pools_stage
+from lsc_align.pipeline import reference_stage
 from lsc_align.rewards import aggregate
-from lsc_align.rewards.objectives import Objective
+from lsc_align.rewards.objectives import Objective, ReferenceKind
 from lsc_align.align import best_of_k, optimum, ppo, ppo_math, ppo_step, pools
 from lsc_align.train import loop
 from lsc_align.align import convergence as convergence_lib
@@ -54,10 +55,18 @@ def _rewards(arrays: dict[str, np.ndarray], prefix: str, objective: Objective) -
   return np.stack([arrays[f'{prefix}reward_{p}'] for p in objective.properties], axis=-1)
 
 
-def eval_references(objective: Objective, arrays: dict[str, np.ndarray]) -> np.ndarray:
-  """[P, num_properties] references of the evaluation prompts (from their SFT samples)."""
+def eval_references(objective: Objective, arrays: dict[str, np.ndarray],
+                    exp: pools.ExperimentDirs | None = None) -> np.ndarray:
+  """[P, num_properties] references of the evaluation prompts: quantiles of their SFT samples,
+  their canned-response rewards, or (Gaussian) the experiment's predictors on them."""
+  gaussian = reference_stage.gaussian_properties(objective)
+  if gaussian and exp is None:
+    raise ValueError(f'objective {objective.name!r}: Gaussian references for {gaussian} need the '
+                     'experiment\'s predictors (pass exp)')
+  moments = (reference_stage.gaussian_moments(exp, objective, arrays['prompt_ids'])
+             if gaussian else None)
   return references.reference_table(objective, pools_stage.sample_rewards(arrays, 'sft_'),
-                                    pools_stage.canned(arrays))
+                                    pools_stage.canned(arrays), gaussian=moments)
 
 
 def pool_utilities(objective: Objective, rewards_PxNxK: np.ndarray,
@@ -110,7 +119,7 @@ def run_best_of_k(exp_dir: str, objective: Objective = gin.REQUIRED,
   if max(ks) > n or min(ks) < 1:
     raise ValueError(f'run_best_of_k.ks = {list(ks)}: each k must be in [1, {n}] (pool size)')
   u = pool_utilities(objective, _rewards(arrays, 'pool_', objective),
-                     eval_references(objective, arrays))
+                     eval_references(objective, arrays, exp))
   judged = _judged(arrays, 'pool_')
   run = name or f'bok_{objective.name}'
   out = []
@@ -136,7 +145,7 @@ def run_optimum(exp_dir: str, objective: Objective = gin.REQUIRED,
   exp = pools.ExperimentDirs(exp_dir)
   arrays = pools.load_npz(exp.pool('eval'))
   u = pool_utilities(objective, _rewards(arrays, 'pool_', objective),
-                     eval_references(objective, arrays))
+                     eval_references(objective, arrays, exp))
   judged = _judged(arrays, 'pool_')
   run = name or f'optimum_{objective.name}'
   out = []
@@ -191,16 +200,19 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
             resume: bool = False, checkpoint_every: int = 25, log_every: int = 10,
             sample_every: int = 25, mesh_shape: Sequence[int] = (-1, 1),
             evaluation: PPOEval | None = None, run_dir: str | None = None,
-            learner: str = 'ppo', convergence: convergence_lib.PlateauRule | None = None
-            ) -> results_lib.RunResult | None:
+            learner: str = 'ppo', convergence: convergence_lib.PlateauRule | None = None,
+            train_prompts: str = 'auto') -> results_lib.RunResult | None:
   """PPO on the objective at γ (or α = γ/(1+γ)); writes and evaluates EXP/runs/ppo_.../.
 
   hp and evaluation default to PPOHyperparams() and PPOEval() (as bound by gin). learner 'ppo'
   (critic started as hp.value_init says) or 'rloo' (no critic; hp.samples_per_prompt ≥ 2
   responses per prompt); both use the same scoring step. With `convergence` (a PlateauRule) the
   run holds out its last training prompts for validation and stops when J on them plateaus
-  (steps is then ignored; the history is in RUN/convergence.json). Returns the RunResult, or
-  None when the run was preempted (resume with resume=True).
+  (steps is then ignored; the history is in RUN/convergence.json). train_prompts: 'pool' (the
+  prompts of EXP/pools/train.npz, the only ones with empirical quantile references), 'all'
+  (every distinct training prompt; references from predictors, canned responses or constants)
+  or 'auto' ('all' for objectives with a Gaussian reference and no quantile one, else 'pool').
+  Returns the RunResult, or None when the run was preempted (resume with resume=True).
   """
   hp = hp or ppo_step.PPOHyperparams()
   evaluation = evaluation or PPOEval()
@@ -217,13 +229,11 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
     raise ValueError(f'PPOHyperparams.max_response_length = {hp.max_response_length} but the '
                      f'pools hold responses of {pool_length} tokens (PoolSizes.response_length)')
   models = pools_stage.load_models(exp)
-  train = pools.load_npz(exp.pool('train'))
-  table = references.reference_table(objective, pools_stage.sample_rewards(train, ''),
-                                     pools_stage.canned(train))
+  prompt_ids, table, train_prompts = training_prompts(exp, objective, models, train_prompts)
+  gaussian_config, gaussian_params = gaussian_predictors(exp, objective)
   scorer = ppo_step.Scorer(objective, tuple(models.reward_configs[p] for p in objective.properties),
-                           models.policy_config, hp.temperature)
+                           models.policy_config, hp.temperature, gaussian_config)
   mesh = partitioning.create_mesh(tuple(mesh_shape))
-  prompt_ids = train['prompt_ids']
   if convergence is not None:  # the last prompts validate, the rest train
     held = convergence.validation_prompts
     validation = (prompt_ids[-held:], table[-held:])
@@ -232,7 +242,8 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
   setup = ppo.PPOSetup(scorer=scorer, hp=hp, kl_coef=gamma,
                        reward_params=tuple(models.reward_params[p] for p in objective.properties),
                        ref_policy_params=models.policy_params, prompt_ids=prompt_ids,
-                       table_refs=table, batch_size=batch_size, seed=seed, mesh=mesh)
+                       table_refs=table, batch_size=batch_size, seed=seed,
+                       gaussian_params=gaussian_params, mesh=mesh)
   # Replicated on the mesh (the batch is what is split over 'data'); a restored checkpoint
   # takes the template's placement, so a resumed run lives on the same devices.
   # (Built under jit: device_put cannot target non-addressable devices on a multi-host mesh.)
@@ -265,7 +276,8 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
   info = {'exp_dir': exp.root, 'objective': objective.to_dict(), 'kl_coef': gamma,
           'alpha': ppo_math.alpha_from_kl_coef(gamma), 'seed': seed, 'steps': steps,
           'batch_size': batch_size, 'hp': dataclasses.asdict(hp), 'learner': learner,
-          'convergence': convergence and dataclasses.asdict(convergence)}
+          'convergence': convergence and dataclasses.asdict(convergence),
+          'train_prompts': train_prompts, 'num_train_prompts': int(prompt_ids.shape[0])}
   _check_same_run(run_dir, info)
   io_utils.atomic_write_json(os.path.join(run_dir, 'run.json'), info)
   gin_utils.write_operative_config(run_dir)
@@ -301,6 +313,49 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
   return evaluated
 
 
+def training_prompts(exp: pools.ExperimentDirs, objective: Objective, models: pools_stage.Models,
+                     mode: str = 'auto') -> tuple[np.ndarray, np.ndarray, str]:
+  """(prompt_ids [N, Lp], reference table [N, P], the mode used) of a PPO run (run_ppo)."""
+  kinds = {spec.kind for spec in objective.references}
+  if mode == 'auto':
+    mode = ('all' if ReferenceKind.GAUSSIAN in kinds and ReferenceKind.QUANTILE not in kinds
+            else 'pool')
+  if mode == 'pool':
+    train = pools.load_npz(exp.pool('train'))
+    return train['prompt_ids'], references.reference_table(
+        objective, pools_stage.sample_rewards(train, ''), pools_stage.canned(train)), mode
+  if mode != 'all':
+    raise ValueError(f"run_ppo.train_prompts = {mode!r}: must be 'auto', 'pool' or 'all'")
+  if ReferenceKind.QUANTILE in kinds:
+    raise ValueError(f"run_ppo.train_prompts = 'all': objective {objective.name!r} has empirical "
+                     'quantile references, which exist only for the pooled prompts; use '
+                     "'pool', or Gaussian references")
+  sizes = pools_stage.PoolSizes()
+  prompts = pools_stage.prompt_set(exp.data, exp.vocabulary, 'train', models.prompt_length, None,
+                                   0, os.path.join(exp.root, 'pools', 'arrays'))
+  canned_props = [p for p, spec in zip(objective.properties, objective.references)
+                  if spec.kind == ReferenceKind.CANNED]
+  canned = pools_stage.canned(pools_stage.canned_all(models, exp.data, exp.vocabulary, prompts,
+                                                     sizes.chunk, canned_props))
+  return prompts, references.reference_table(objective, canned=canned,
+                                             num_prompts=prompts.shape[0]), mode
+
+
+def gaussian_predictors(exp: pools.ExperimentDirs, objective: Objective
+                        ) -> tuple[Any, tuple[Any, ...]]:
+  """(predictor config or None, params per objective property or None) for the scoring step."""
+  loaded = {p: reference_stage.load_predictor(exp, p)
+            for p in reference_stage.gaussian_properties(objective)}
+  if not loaded:
+    return None, ()
+  configs = {config for config, _ in loaded.values()}
+  if len(configs) > 1:
+    raise ValueError(f'objective {objective.name!r}: the Gaussian predictors of {sorted(loaded)} '
+                     'differ in size; the scoring step takes one predictor config')
+  return configs.pop(), tuple(loaded[p][1] if p in loaded else None
+                              for p in objective.properties)
+
+
 def evaluate_ppo(exp: pools.ExperimentDirs, objective: Objective, gamma: float, seed: int,
                  params: Any, models: pools_stage.Models, hp: ppo_step.PPOHyperparams,
                  evaluation: PPOEval, run: str, train_seconds: float,
@@ -318,7 +373,7 @@ def evaluate_ppo(exp: pools.ExperimentDirs, objective: Objective, gamma: float, 
   scored = {f'reward_{p}': references.score_pool(models.reward_fn(p), prompts, responses,
                                                  evaluation.batch_size)
             for p in pools.PROPERTIES}  # every property: proxy curves for any objective
-  refs = eval_references(objective, arrays)
+  refs = eval_references(objective, arrays, exp)
   u = pool_utilities(objective, _rewards(scored, '', objective), refs)
   u_pool = pool_utilities(objective, _rewards(arrays, 'pool_', objective), refs)
   reached = float(u.mean() - gamma * kl.mean())

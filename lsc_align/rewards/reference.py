@@ -12,11 +12,11 @@ reference the sample minimum / maximum (or ±∞ for the Gaussian) rather than a
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar
+import statistics
+from typing import Any, Callable, Sequence, TypeVar
 
 import jax
 import jax.numpy as jnp
-import jax.scipy.special
 import numpy as np
 from jax.typing import ArrayLike
 
@@ -58,7 +58,8 @@ def empirical_quantile(sample_rewards: ArrayLike, q: float, axis: int = -1) -> j
 def gaussian_quantile_offset(q: float) -> float:
   """s = Φ⁻¹(q), the number of standard deviations above the mean for quantile q."""
   q = _check_quantile(q, 'gaussian_quantile_offset')
-  return float(jax.scipy.special.ndtri(jnp.float32(q)))
+  # Plain Python (not jax.scipy.special.ndtri): a constant, so it also works under jit.
+  return statistics.NormalDist().inv_cdf(q)
 
 
 def gaussian_reference(mean: ArrayLike, std: ArrayLike, q: float) -> jax.Array:
@@ -108,3 +109,82 @@ def sample_statistics(sample_rewards: ArrayLike, axis: int = -1) -> tuple[jax.Ar
     raise ValueError(f'sample_statistics: need at least 2 samples per prompt, got shape '
                      f'{sample_rewards.shape}')
   return jnp.mean(sample_rewards, axis=axis), jnp.std(sample_rewards, axis=axis, ddof=1)
+
+
+CALIBRATION_QUANTILES = (0.5, 0.75, 0.85, 0.95)
+
+
+def check_moments(mean: ArrayLike, std: ArrayLike, where: str) -> tuple[np.ndarray, np.ndarray]:
+  """Host-side check of predicted (r_mean, r_std): finite, std > 0; ValueError naming the row."""
+  mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+  if mean.shape != std.shape:
+    raise ValueError(f'{where}: mean shape {mean.shape} != std shape {std.shape}')
+  bad = ~np.isfinite(mean) | ~np.isfinite(std) | (std <= 0)
+  if bad.any():
+    i = int(np.flatnonzero(bad.reshape(-1))[0])
+    raise ValueError(f'{where}: prompt {i} has predicted mean {mean.reshape(-1)[i]!r} and std '
+                     f'{std.reshape(-1)[i]!r}; a Gaussian reference needs a finite mean and a '
+                     'std > 0')
+  return mean, std
+
+
+def quantile_calibration(predicted: ArrayLike, q: float, sample_rewards: ArrayLike,
+                         bootstrap: int = 200) -> dict[str, float]:
+  """How well per-prompt references `predicted` [N] act as q-quantiles of fresh π0 samples [N, m].
+
+  Returns `coverage` (share of samples below the reference; ideal q) with its standard error
+  over prompts, the reference's error against the empirical q-quantile of the m samples (mean,
+  mean absolute, RMS, in reward units; the mean absolute error also as a share of each prompt's
+  sample std), and `empirical_quantile_se`, the bootstrap standard error of that empirical
+  quantile itself: the noise floor under the error.
+  """
+  q = _check_quantile(q, 'quantile_calibration')
+  predicted = np.asarray(predicted, np.float64)
+  samples = np.asarray(sample_rewards, np.float64)
+  if samples.ndim != 2 or samples.shape[0] != predicted.shape[0] or samples.shape[1] < 2:
+    raise ValueError(f'quantile_calibration: sample_rewards must be [N={predicted.shape[0]}, '
+                     f'm >= 2], got {samples.shape}')
+  below = (samples < predicted[:, None]).mean(axis=1)
+  error = predicted - np.quantile(samples, q, axis=1)
+  sample_std = samples.std(axis=1, ddof=1)
+  rng = np.random.default_rng(0)
+  draws = rng.integers(0, samples.shape[1], (bootstrap, samples.shape[1]))
+  boot = np.quantile(samples[:, draws], q, axis=2)  # [N, bootstrap]
+  return {
+      'q': q, 'coverage': float(below.mean()),
+      'coverage_se': float(below.std(ddof=1) / np.sqrt(len(below))),
+      'quantile_error_mean': float(error.mean()),
+      'quantile_error_mae': float(np.abs(error).mean()),
+      'quantile_error_rmse': float(np.sqrt(np.mean(error ** 2))),
+      'quantile_error_mae_in_std': float(np.nanmean(
+          np.abs(error) / np.where(sample_std > 0, sample_std, np.nan))),
+      'empirical_quantile_se': float(np.mean(boot.std(axis=1))),
+  }
+
+
+def calibration(mean: ArrayLike, std: ArrayLike, sample_rewards: ArrayLike,
+                quantiles: Sequence[float] = CALIBRATION_QUANTILES) -> dict[str, Any]:
+  """`quantile_calibration` of the Gaussian quantiles r_mean + Φ⁻¹(q)·r_std for each q.
+
+  Args:
+    mean, std: the predictor's r_mean(x), r_std(x) per prompt, [N].
+    sample_rewards: rewards of m fresh π0 samples per prompt, [N, m] (prompts and samples the
+      predictor has not seen).
+    quantiles: the q to check.
+
+  Returns:
+    {'prompts', 'samples_per_prompt', 'mean_rmse' and 'std_rmse' (against the samples' mean and
+    std), 'sample_std_mean', 'quantiles': one quantile_calibration row per q}.
+  """
+  mean, std = check_moments(mean, std, 'calibration')
+  samples = np.asarray(sample_rewards, np.float64)
+  if samples.ndim != 2 or samples.shape[0] != mean.shape[0] or samples.shape[1] < 2:
+    raise ValueError(f'calibration: sample_rewards must be [N={mean.shape[0]}, m >= 2], got '
+                     f'{samples.shape}')
+  sample_std = samples.std(axis=1, ddof=1)
+  return {'prompts': int(samples.shape[0]), 'samples_per_prompt': int(samples.shape[1]),
+          'mean_rmse': float(np.sqrt(np.mean((mean - samples.mean(axis=1)) ** 2))),
+          'std_rmse': float(np.sqrt(np.mean((std - sample_std) ** 2))),
+          'sample_std_mean': float(sample_std.mean()),
+          'quantiles': [quantile_calibration(mean + gaussian_quantile_offset(q) * std, q,
+                                             samples) for q in quantiles]}

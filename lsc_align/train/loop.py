@@ -215,6 +215,17 @@ class TrainResult(Generic[State]):
     return EXIT_CODE_PREEMPTED if self.status is TrainStatus.PREEMPTED else 0
 
 
+class Preempted(Exception):
+  """A stage stopped on SIGTERM after saving a checkpoint; re-run the command to resume."""
+  exit_code = EXIT_CODE_PREEMPTED  # the CLI exits with it
+
+
+def check_completed(result: Any, run_dir: str) -> None:
+  """Raises Preempted unless `result` (a TrainResult or None) finished its run."""
+  if result is None or getattr(result, 'exit_code', 0):
+    raise Preempted(f'{run_dir}: stopped after a preemption save; re-run to resume')
+
+
 def run_training(
     state: State,
     train_step: Callable[[State, Batch], tuple[State, Mapping[str, Any]]],

@@ -91,20 +91,22 @@ class TrainerSpec:
   final_extras: Callable[[Any, Any], dict[str, Any]] | None = None
 
 
-def prepare_run_dir(settings: Settings, run_dir: str, params_file: str, data_dir: str,
-                    kinds: Sequence[str], eval_split: str, *,
-                    lenient: bool) -> Any:
+def prepare_run_dir(settings: Settings, run_dir: str, params_file: str, data_dir: str | None,
+                    kinds: Sequence[str] = (), eval_split: str = 'test', *,
+                    lenient: bool = False) -> Any:
   """Checks that come before a run directory gets anything; returns the mesh.
 
   A directory that already holds a run needs resume; batch sizes must split over the mesh;
-  every data line is read (strict unless lenient, which lists skipped lines in run_dir).
+  every line of an HH-layout data_dir is read (strict unless lenient, which lists skipped lines
+  in run_dir). A trainer whose data is not HH-layout text (data_dir None) checks it itself.
   """
   trainer_utils.check_run_dir(run_dir, settings.resume, params_file)
   mesh = partitioning.create_mesh(tuple(settings.mesh_shape))
   trainer_utils.check_batch_sizes(mesh, settings.function, batch_size=settings.batch_size,
                                   eval_batch_size=settings.eval_batch_size)
-  data_arrays.check_data(data_dir, kinds, ('train', eval_split), lenient=lenient,
-                         out_dir=run_dir)
+  if data_dir is not None:
+    data_arrays.check_data(data_dir, kinds, ('train', eval_split), lenient=lenient,
+                           out_dir=run_dir)
   io_utils.makedirs(run_dir)
   return mesh
 
