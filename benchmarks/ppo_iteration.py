@@ -93,6 +93,31 @@ def iteration_benchmark(setup: ppo.PPOSetup, state: ppo.PPOState,
           'per_iteration': rest}, state
 
 
+def make_setup(rm_config: Any, policy_config: policy.PolicyConfig,
+               objective: objectives.Objective, *, batch_size: int, prompt_length: int,
+               response_length: int, epochs: int, num_minibatches: int,
+               seed: int = 0, **hp_overrides: Any) -> tuple[ppo.PPOSetup, ppo.PPOState]:
+  """Random-init reward models (one per property), π0 = π, 4 batches of random prompts."""
+  num_props = len(objective.properties)
+  keys = jax.random.split(jax.random.key(seed), num_props + 1)
+  dummy = jnp.ones((1, 8), jnp.int32)
+  reward_params = tuple(jax.jit(reward_model.RewardModel(rm_config).init)(k, dummy)['params']
+                        for k in keys[:num_props])
+  pi0 = jax.jit(policy.init_params, static_argnums=0)(policy_config, keys[-1])
+  rng = np.random.default_rng(seed)
+  num_prompts = 4 * batch_size
+  prompts = common.random_prompts(rng, num_prompts, prompt_length, policy_config.vocab_size)
+  table_refs = rng.normal(size=(num_prompts, num_props)).astype(np.float32)
+  hp = ppo_step.PPOHyperparams(max_response_length=response_length, epochs=epochs,
+                               num_minibatches=num_minibatches, warmup_steps=10, **hp_overrides)
+  setup = ppo.PPOSetup(scorer=ppo_step.Scorer(objective, (rm_config,) * num_props,
+                                              policy_config),
+                       hp=hp, kl_coef=0.05, reward_params=reward_params, ref_policy_params=pi0,
+                       prompt_ids=prompts, table_refs=table_refs, batch_size=batch_size,
+                       seed=seed)
+  return setup, ppo.init_state(pi0, hp, seed=seed)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--rm_gin', default='models/t5_world.gin')
@@ -118,26 +143,13 @@ def main() -> None:
   num_props = len(lsc_objective.properties)
   assert raw_objective.properties == lsc_objective.properties
 
-  keys = jax.random.split(jax.random.key(args.seed), num_props + 1)
-  dummy = jnp.ones((1, 8), jnp.int32)
-  reward_params = tuple(jax.jit(reward_model.RewardModel(rm_config).init)(k, dummy)['params']
-                        for k in keys[:num_props])
-  pi0 = jax.jit(policy.init_params, static_argnums=0)(policy_config, keys[-1])
-  rng = np.random.default_rng(args.seed)
-  num_prompts = 4 * args.batch_size
-  prompts = common.random_prompts(rng, num_prompts, args.prompt_length, policy_config.vocab_size)
-  table_refs = rng.normal(size=(num_prompts, num_props)).astype(np.float32)
-  hp = ppo_step.PPOHyperparams(max_response_length=args.response_length, epochs=args.epochs,
-                               num_minibatches=args.num_minibatches, warmup_steps=10)
-
   # Part 1: the iteration.
   share = common.CpuShare()
-  setup = ppo.PPOSetup(scorer=ppo_step.Scorer(lsc_objective, (rm_config,) * num_props,
-                                              policy_config),
-                       hp=hp, kl_coef=0.05, reward_params=reward_params, ref_policy_params=pi0,
-                       prompt_ids=prompts, table_refs=table_refs, batch_size=args.batch_size,
-                       seed=args.seed)
-  state = ppo.init_state(pi0, hp, seed=args.seed)
+  setup, state = make_setup(rm_config, policy_config, lsc_objective, batch_size=args.batch_size,
+                            prompt_length=args.prompt_length,
+                            response_length=args.response_length, epochs=args.epochs,
+                            num_minibatches=args.num_minibatches, seed=args.seed)
+  hp, reward_params, pi0 = setup.hp, setup.reward_params, setup.ref_policy_params
   iteration, state = iteration_benchmark(setup, state, args.iterations)
   iteration['cpu_share'] = share.report()
 
