@@ -24,8 +24,8 @@ import jax
 import numpy as np
 
 from lsc_align import checkpointing, gin_utils, io_utils
-from lsc_align.align import optimum, optimum_checks, pools, ppo, ppo_step, references
-from lsc_align.pipeline import experiment, pools_stage, runs
+from lsc_align.align import optimum, optimum_checks, ppo, ppo_step, references
+from lsc_align.pipeline import experiment, layout, pools_stage, runs
 from lsc_align.rewards.objectives import Objective
 
 
@@ -42,15 +42,15 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--policy_samples', type=int, default=16)
   args = parser.parse_args(argv)
   gin_utils.parse(args.gin_file or ['experiments/demo.gin'], [])
-  exp = pools.ExperimentDirs(args.exp_dir)
-  arrays = pools.load_npz(exp.pool('eval'))
+  exp = layout.ExperimentDirs(args.exp_dir)
+  arrays = layout.load_npz(exp.pool('eval'))
   models = pools_stage.load_models(exp)
   prompts = arrays['prompt_ids'][:args.prompts or None]
   length = arrays['pool_responses'].shape[-1]
   responses = references.sample_pool(models.policy_params, models.policy_config, prompts,
                                      args.pool, jax.random.key(args.seed), length)
   rewards = {p: references.score_pool(models.reward_fn(p), prompts, responses)
-             for p in pools.PROPERTIES}
+             for p in layout.PROPERTIES}
   out = []
   for name in args.objectives.split(','):
     objective = experiment.load_objective(name)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
   return 0
 
 
-def _run_share(run_dir: str, exp: pools.ExperimentDirs, models: pools_stage.Models,
+def _run_share(run_dir: str, exp: layout.ExperimentDirs, models: pools_stage.Models,
                arrays: dict[str, np.ndarray], prompts: np.ndarray,
                pool_rewards: dict[str, np.ndarray], args: argparse.Namespace) -> dict:
   """The run's per-prompt J against J*_N of the fresh pool, for every N (module docstring)."""

@@ -61,7 +61,7 @@ def _launch_flags() -> tuple[tuple[str, dict[str, Any]], ...]:
   return tpu.FLAGS
 
 
-_EXP_DIR = _path('--exp_dir', required=True, help='experiment directory (lsc_align.align.pools)')
+_EXP_DIR = _path('--exp_dir', required=True, help='experiment directory (lsc_align.pipeline.layout)')
 _OBJECTIVE = ('--objective', {'required': True,
                               'help': 'objective name under configs/objectives/, or a .gin path'})
 
@@ -101,7 +101,7 @@ COMMANDS: dict[str, Command] = {
             _path('--reward_model_dir', default=None,
                   help='the reward model run that scored the pool (default: gin)'),
             ('--property_name', {'default': None, 'choices': ('helpful', 'harmless')}))),
-    'references': Command('lsc_align.pipeline.reference_stage', 'references_main',
+    'references': Command('lsc_align.pipeline.commands', 'references_main',
                           'reference pool, predictors and their calibration for an experiment',
                           (_EXP_DIR, ('--properties', {
                               'default': None,
@@ -115,16 +115,16 @@ COMMANDS: dict[str, Command] = {
                            )),
     'sft': Command('lsc_align.train.sft_trainer', 'main',
                    'train the SFT policy pi0 on the SFT task', (_RUN_DIR, _RESUME, _LENIENT)),
-    'pools': Command('lsc_align.pipeline.demo', 'pools_main',
+    'pools': Command('lsc_align.pipeline.commands', 'pools_main',
                      'world, reward models, pi0 and the pi0 sample pools of an experiment',
                      (_EXP_DIR, _LENIENT)),
-    'bok': Command('lsc_align.pipeline.demo', 'bok_main',
+    'bok': Command('lsc_align.pipeline.commands', 'bok_main',
                    'best-of-k for each k of run_best_of_k.ks on an experiment\'s pool',
                    (_EXP_DIR, _OBJECTIVE)),
-    'optimum': Command('lsc_align.pipeline.demo', 'optimum_main',
+    'optimum': Command('lsc_align.pipeline.commands', 'optimum_main',
                        'the closed-form KL-regularised optimum for each gamma',
                        (_EXP_DIR, _OBJECTIVE)),
-    'ppo': Command('lsc_align.pipeline.demo', 'ppo_main',
+    'ppo': Command('lsc_align.pipeline.commands', 'ppo_main',
                    'PPO with a transformed / aggregated reward, then its evaluation', (
                        _EXP_DIR, _OBJECTIVE, _RESUME,
                        ('--kl_coef', {'type': float, 'default': None, 'help': 'gamma'}),
@@ -135,12 +135,12 @@ COMMANDS: dict[str, Command] = {
                              help='default EXP/runs/ppo_<objective>_g<gamma>_s<seed>'),
                        importlib.import_module('lsc_align.pipeline.ppo_flags').LEARNER_FLAG,
                    )),
-    'eval': Command('lsc_align.pipeline.demo', 'eval_main',
+    'eval': Command('lsc_align.pipeline.commands', 'eval_main',
                     'evaluate a PPO run directory from its checkpoint (win rates, KL, shortcuts)',
                     (_path('--run_dir', required=True),
                      ('--step', {'type': int, 'default': None,
                                  'help': 'checkpoint step (default: the latest)'}))),
-    'sweep': Command('lsc_align.pipeline.demo', 'sweep_main',
+    'sweep': Command('lsc_align.pipeline.commands', 'sweep_main',
                      'run every point of the bound run_sweep that has no results yet',
                      (_EXP_DIR,)),
     'demo': Command('lsc_align.pipeline.demo', 'demo_main',

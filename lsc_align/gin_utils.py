@@ -57,7 +57,8 @@ MOVED_MODULES = {
     'lsc_align.train.optimum': 'lsc_align.align.optimum',
     'lsc_align.train.optimum_checks': 'lsc_align.align.optimum_checks',
     'lsc_align.train.references': 'lsc_align.align.references',
-    'lsc_align.train.pools': 'lsc_align.align.pools',
+    'lsc_align.train.pools': 'lsc_align.pipeline.layout',
+    'lsc_align.align.pools': 'lsc_align.pipeline.layout',
     'lsc_align.pipeline.align': 'lsc_align.pipeline.runs',
 }
 

@@ -66,6 +66,23 @@ def tiny_experiment(tmp_path_factory) -> str:
   return exp.root
 
 
+@pytest.fixture(scope='session')
+def reference_experiment(tiny_experiment, tmp_path_factory) -> str:
+  """A copy of the tiny experiment with trained predictors (the copy keeps the shared one as
+  the other tests expect it)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  import gin  # pylint: disable=g-import-not-at-top
+  from lsc_align.pipeline import reference_stage  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path_factory.mktemp('ref_exp') / 'exp')
+  shutil.copytree(tiny_experiment, root, ignore=shutil.ignore_patterns('runs', 'checkpoints'))
+  parse_tiny_experiment_gin()
+  try:
+    reference_stage.prepare_references(root, log=lambda _: None)
+  finally:
+    gin.clear_config()
+  return root
+
+
 TINY_PPO = {'objective': 'combined_lsc_sum', 'kl_coef': 0.05}
 
 

@@ -153,7 +153,7 @@ def test_an_experiment_on_a_bucket_runs_resumes_and_reports(bucket, tiny_gin, mo
   from lsc_align.eval import results as results_lib  # pylint: disable=g-import-not-at-top
   from lsc_align.pipeline import experiment, runs  # pylint: disable=g-import-not-at-top
   from lsc_align.train import loop  # pylint: disable=g-import-not-at-top
-  from lsc_align.align import pools
+  from lsc_align.pipeline import layout
   exp_dir = 'gs://runs-bucket/exp'
   exp = experiment.prepare(exp_dir, log=lambda _: None)  # world, RMs, π0, pools: all on gs://
   local = bucket.local(exp_dir)
@@ -161,7 +161,7 @@ def test_an_experiment_on_a_bucket_runs_resumes_and_reports(bucket, tiny_gin, mo
                'pools/train.npz', 'pools/eval.npz', 'rm_harmless/metrics.jsonl'):
     assert os.path.exists(os.path.join(local, name)), name
   assert os.listdir(os.path.join(local, 'rm_helpful', 'checkpoints'))
-  assert pools.load_npz(exp.pool('eval'))['pool_responses'].shape[:2] == (8, 8)
+  assert layout.load_npz(exp.pool('eval'))['pool_responses'].shape[:2] == (8, 8)
   before = os.path.getmtime(os.path.join(local, 'pools', 'eval.npz'))
   experiment.prepare(exp_dir, log=lambda _: None)  # every stage is found done on the bucket
   assert os.path.getmtime(os.path.join(local, 'pools', 'eval.npz')) == before

@@ -12,7 +12,7 @@ import pytest
 
 from lsc_align.eval import report as report_lib
 from lsc_align.pipeline import experiment, pools_stage, runs
-from lsc_align.align import pools
+from lsc_align.pipeline import layout
 
 import conftest  # pylint: disable=g-bad-import-order
 
@@ -39,9 +39,9 @@ def hh_experiment(shared_data, tmp_path_factory):
 def test_prepare_on_hh_trains_judges_and_pools(hh_experiment):
   exp = hh_experiment
   assert not exp.is_world and exp.data.endswith('hh-rlhf')
-  for prop in pools.PROPERTIES:
+  for prop in layout.PROPERTIES:
     assert os.path.exists(os.path.join(exp.judge_model(prop), 'rm_final.msgpack'))
-  arrays = pools.load_npz(exp.pool('eval'))
+  arrays = layout.load_npz(exp.pool('eval'))
   assert arrays['pool_gold_helpful'].shape == arrays['pool_reward_helpful'].shape == (8, 8)
   assert arrays['pool_flag_list'].dtype == bool
   # The judge is another model than the proxy: its scores differ.

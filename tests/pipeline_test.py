@@ -8,7 +8,8 @@ import pytest
 from lsc_align.eval import results as results_lib
 from lsc_align.pipeline import experiment, runs
 from lsc_align.rewards import make_objective
-from lsc_align.align import best_of_k, pools
+from lsc_align.align import best_of_k
+from lsc_align.pipeline import layout
 from lsc_align.train import loop, sft_trainer
 
 pytestmark = pytest.mark.slow  # trains models or runs whole commands
@@ -20,10 +21,10 @@ def exp_dir(tiny_experiment, tiny_gin):  # pylint: disable=unused-argument
 
 
 def test_prepare_writes_every_stage_and_is_idempotent(exp_dir):
-  exp = pools.ExperimentDirs(exp_dir)
+  exp = layout.ExperimentDirs(exp_dir)
   for path in (exp.pool('train'), exp.pool('eval'), os.path.join(exp.sft, sft_trainer.INFO_FILE)):
     assert os.path.exists(path), path
-  evaluation = pools.load_npz(exp.pool('eval'))
+  evaluation = layout.load_npz(exp.pool('eval'))
   assert evaluation['pool_responses'].shape[:2] == (8, 8)
   assert evaluation['pool_gold_helpful'].shape == (8, 8)
   assert np.all(np.isfinite(evaluation['pool_reward_harmless']))
@@ -40,7 +41,7 @@ def test_best_of_k_picks_the_highest_utility_and_reports_its_kl(exp_dir):
                              rtol=1e-6)
   utilities = [r.extra['utility'] for r in results]
   assert utilities == sorted(utilities)  # a larger k never picks a worse sample
-  arrays = pools.load_npz(pools.ExperimentDirs(exp_dir).pool('eval'))
+  arrays = layout.load_npz(layout.ExperimentDirs(exp_dir).pool('eval'))
   u = runs.pool_utilities(objective, np.stack([arrays['pool_reward_helpful'],
                                                arrays['pool_reward_harmless']], -1),
                            runs.eval_references(objective, arrays))

@@ -102,3 +102,40 @@ def test_best_of_k_kl_matches_monte_carlo():
   k, rng = 8, np.random.default_rng(4)
   u = rng.uniform(size=(200_000, k)).max(axis=1)  # F(y) of the selected sample
   assert np.mean(np.log(k) + (k - 1) * np.log(u)) == pytest.approx(kl.best_of_k_kl(k), abs=0.01)
+
+
+# ------------------------------------------------------------- calibration
+
+
+def _gaussian_pool(n=300, m=64, seed=0):
+  rng = np.random.default_rng(seed)
+  mean, std = rng.normal(size=n), np.exp(0.3 * rng.normal(size=n))
+  return mean, std, mean[:, None] + std[:, None] * rng.normal(size=(n, m))
+
+
+def test_calibration_of_the_true_moments_is_near_ideal():
+  mean, std, samples = _gaussian_pool()
+  result = reference.calibration(mean, std, samples)
+  assert [row['q'] for row in result['quantiles']] == [0.5, 0.75, 0.85, 0.95]
+  for row in result['quantiles']:
+    assert abs(row['coverage'] - row['q']) < 3 * row['coverage_se'] + 0.005
+    # The true quantile is off the empirical one only by the latter's sampling error.
+    assert row['quantile_error_rmse'] < 1.5 * row['empirical_quantile_se']
+
+
+def test_calibration_sees_a_shifted_predictor():
+  mean, std, samples = _gaussian_pool()
+  result = reference.calibration(mean + 0.5 * std, std, samples)
+  median = result['quantiles'][0]
+  assert median['coverage'] == pytest.approx(0.69, abs=0.03)  # Φ(0.5)
+  assert median['quantile_error_mean'] == pytest.approx(0.5 * std.mean(), abs=0.05)
+  assert median['quantile_error_mae_in_std'] == pytest.approx(0.5, abs=0.06)
+
+
+def test_moments_must_be_finite_with_a_positive_std():
+  with pytest.raises(ValueError, match='prompt 1 .* std > 0'):
+    reference.check_moments([0.0, 1.0], [1.0, 0.0], 'x')
+  with pytest.raises(ValueError, match='prompt 0'):
+    reference.check_moments([np.nan], [1.0], 'x')
+  with pytest.raises(ValueError, match='quantile'):
+    reference.calibration([0.0], [1.0], [[0.0, 1.0]], [1.0])

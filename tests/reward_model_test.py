@@ -244,3 +244,21 @@ def test_model_gin_files_parse():
   gin_utils.parse(['models/t5_tiny'])
   assert reward_model.RewardModelConfig().encoder == ENCODER
   gin.clear_config()
+
+
+def _tiny_gaussian_config(min_std=1e-3):
+  return reward_model.RewardModelConfig(encoder=t5_encoder.T5EncoderConfig(
+      vocab_size=32, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=16, num_layers=1),
+                                        min_std=min_std)
+
+
+def test_the_model_keeps_the_std_positive_for_any_parameters():
+  with pytest.raises(ValueError, match='min_std > 0'):
+    reward_model.GaussianReferenceModel(_tiny_gaussian_config(0.0)).init(jax.random.key(0),
+                                                                jnp.ones((1, 4), jnp.int32))
+  model = reward_model.GaussianReferenceModel(_tiny_gaussian_config())
+  tokens = jnp.ones((2, 4), jnp.int32)
+  params = model.init(jax.random.key(0), tokens)['params']
+  params['std_head']['bias'] = jnp.full((1,), -1e4)  # softplus underflows to 0
+  _, std = model.apply({'params': params}, tokens)
+  assert np.all(np.asarray(std) > 0) and np.allclose(std, 1e-3)

@@ -1,4 +1,4 @@
-"""`lsc-align demo`, `lsc-align reproduce` and the stage commands (pools, bok, optimum, ppo, sweep).
+"""`lsc-align demo` and `lsc-align reproduce`: a whole experiment, its report and headline.
 
 demo (configs/experiments/demo.gin, about 4.5 minutes measured on 2 CPU cores): builds the embedded
 world, trains both reward models and π0, samples the pools, runs best-of-k and the closed-form
@@ -12,7 +12,6 @@ harmless and combined objectives, PPO and best-of-k, the ablation — over sever
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from typing import Sequence
@@ -22,7 +21,6 @@ import gin
 from lsc_align import io_utils
 from lsc_align.eval import report as report_lib
 from lsc_align.eval import results as results_lib
-from lsc_align.pipeline import runs
 from lsc_align.pipeline import experiment
 
 
@@ -80,56 +78,4 @@ def demo_main(args: argparse.Namespace) -> int:
 
 def reproduce_main(args: argparse.Namespace) -> int:
   run_experiment(args.out, name='reproduce')
-  return 0
-
-
-def pools_main(args: argparse.Namespace) -> int:
-  experiment.prepare(args.exp_dir, **({'lenient': True} if getattr(args, 'lenient', None) else {}))
-  return 0
-
-
-def sweep_main(args: argparse.Namespace) -> int:
-  for run_dir in experiment.run_sweep(args.exp_dir):
-    print(run_dir)
-  return 0
-
-
-def _objective(args: argparse.Namespace):
-  return experiment.load_objective(args.objective)
-
-
-def bok_main(args: argparse.Namespace) -> int:
-  results = runs.run_best_of_k(args.exp_dir, _objective(args))
-  print(json.dumps([{'k': r.k, 'kl': r.kl, 'win_rate': r.win_rate,
-                     'and_win_rate': r.and_win_rate} for r in results]))
-  return 0
-
-
-def optimum_main(args: argparse.Namespace) -> int:
-  results = runs.run_optimum(args.exp_dir, _objective(args))
-  print(json.dumps([{'gamma': r.gamma, 'kl': r.kl, 'win_rate': r.win_rate,
-                     'and_win_rate': r.and_win_rate} for r in results]))
-  return 0
-
-
-def ppo_main(args: argparse.Namespace) -> int:
-  """`lsc-align ppo --exp_dir EXP --objective NAME (--kl_coef G | --alpha A) [--resume]`."""
-  given = {k: getattr(args, k) for k in ('kl_coef', 'alpha', 'seed', 'run_dir')
-           if getattr(args, k) is not None}  # what is not given comes from gin (run_ppo.*)
-  result = runs.run_ppo(args.exp_dir, _objective(args), resume=args.resume, **given)
-  if result is None:
-    from lsc_align.train import loop  # pylint: disable=g-import-not-at-top
-    return loop.EXIT_CODE_PREEMPTED
-  print(json.dumps({'run': result.run, 'kl': result.kl, 'win_rate': result.win_rate,
-                    'and_win_rate': result.and_win_rate,
-                    'objective_fraction_of_optimum':
-                        result.extra.get('objective_fraction_of_optimum')}))
-  return 0
-
-
-def eval_main(args: argparse.Namespace) -> int:
-  """`lsc-align eval --run_dir RUN_DIR [--step N]`: a PPO run, judged from its checkpoint."""
-  result = runs.evaluate_run(args.run_dir, args.step)
-  print(json.dumps({'run': result.run, 'kl': result.kl, 'win_rate': result.win_rate,
-                    'and_win_rate': result.and_win_rate, 'shortcut_rate': result.shortcut_rate}))
   return 0

@@ -27,7 +27,7 @@ from lsc_align.pipeline import pools_stage
 from lsc_align.pipeline import reference_stage
 from lsc_align.rewards import objectives as objectives_lib
 from lsc_align.rewards.objectives import Objective
-from lsc_align.align import pools
+from lsc_align.pipeline import layout
 from lsc_align.train import loop
 
 _BINDING = re.compile(r'^make_objective\.(\w+)\s*=\s*(.+)$')
@@ -79,7 +79,7 @@ def _resume_flag(run_dir: str) -> bool:
 def prepare(exp_dir: str, pool_sizes: pools_stage.PoolSizes | None = None,
             seed: int = 0, data_dir: str | None = None, vocabulary: str | None = None,
             judge_model: Any = None, lenient: bool = False,
-            log: Any = print) -> pools.ExperimentDirs:
+            log: Any = print) -> layout.ExperimentDirs:
   """Data, both reward models, π0 and the pools (each skipped if done, resumed if started).
 
   Args:
@@ -97,7 +97,7 @@ def prepare(exp_dir: str, pool_sizes: pools_stage.PoolSizes | None = None,
   """
   from lsc_align.world import dataset as world_lib  # pylint: disable=g-import-not-at-top
   from lsc_align.train import reward_model_trainer, sft_trainer  # pylint: disable=g-import-not-at-top
-  exp = pools.ExperimentDirs(exp_dir)  # its root is absolute
+  exp = layout.ExperimentDirs(exp_dir)  # its root is absolute
   io_utils.makedirs(exp.root)
   if (data_dir is None) != (vocabulary is None):
     raise ValueError('prepare: give both data_dir and vocabulary (or neither, for the world)')
@@ -115,10 +115,10 @@ def prepare(exp_dir: str, pool_sizes: pools_stage.PoolSizes | None = None,
         run_dir=run_dir, data_dir=exp.data, vocabulary=exp.vocabulary, property_name=prop,
         resume=_resume_flag(run_dir), lenient=lenient, **kwargs), run_dir)
 
-  for prop in pools.PROPERTIES:
+  for prop in layout.PROPERTIES:
     train_rm(exp.reward_model(prop), prop, seed=seed)
   if not exp.is_world:  # no gold: a separately trained judge
-    for prop in pools.PROPERTIES:
+    for prop in layout.PROPERTIES:
       train_rm(exp.judge_model(prop), prop, seed=seed + 1000,
                **({'model': judge_model} if judge_model is not None else {}))
   if not _stage_done(os.path.join(exp.sft, sft_trainer.PARAMS_FILE)):
@@ -149,7 +149,7 @@ def run_sweep(exp_dir: str, ppo_objectives: Sequence[str] = (),
   ending in 'raw_sum' expands to one weighted variant per helpful_weights entry for best-of-k
   and the optimum, and per ppo_helpful_weights entry for PPO (when given).
   """
-  exp = pools.ExperimentDirs(exp_dir)
+  exp = layout.ExperimentDirs(exp_dir)
 
   def expand(names: Sequence[str], weights: Sequence[float]) -> list[tuple[str, Objective]]:
     out = []

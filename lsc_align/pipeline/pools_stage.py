@@ -1,4 +1,4 @@
-"""Stage: π0 sample pools for an experiment directory (layout in lsc_align.align.pools).
+"""Stage: π0 sample pools for an experiment directory (layout in lsc_align.pipeline.layout).
 
 `build_pools` samples, once per experiment, everything the alignment methods and the evaluation
 read: for RL prompts, m π0 samples' proxy rewards (quantile references) and the canned
@@ -17,13 +17,16 @@ from typing import Any, Mapping, Sequence
 
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lsc_align import io_utils
 from lsc_align.world import dataset as world_lib
 from lsc_align.world import judge as world_judge
 from lsc_align.data import arrays as data_arrays
-from lsc_align.align import pools
+from lsc_align.models import policy
+from lsc_align.rewards.objectives import DEFAULT_REFUSALS
+from lsc_align.pipeline import layout
 from lsc_align.align import references
 from lsc_align.train import reward_model_trainer
 from lsc_align.train import sft_trainer
@@ -43,6 +46,48 @@ class PoolSizes:
   chunk: int = 256                # rows per jitted sampling / scoring call
 
 
+def canned_response_texts(data_dir: str) -> tuple[str, ...]:
+  """The data source's refusal phrases: the world's own, or the HH defaults."""
+  from lsc_align.world import supervision  # pylint: disable=g-import-not-at-top
+  return supervision.refusal_phrases(data_dir) or DEFAULT_REFUSALS
+
+
+def encode_canned(texts: Sequence[str], encode: Any, eos_id: int = policy.EOS_ID,
+                  unk_id: int = 2) -> list[np.ndarray]:
+  """Token ids of canned responses (with EOS); a text the vocabulary cannot spell is an error."""
+  out = []
+  for text in texts:
+    ids = list(encode(text))
+    if not ids or unk_id in ids:
+      raise ValueError(f'canned response {text!r} has words outside the vocabulary; give '
+                       'canned responses in the data source\'s own words')
+    out.append(np.asarray(ids + [eos_id], np.int32))
+  return out
+
+
+def gold_judgements(judge: Any, prompt_ids: np.ndarray, responses: np.ndarray,
+                    chunk: int = 1024) -> dict[str, np.ndarray]:
+  """World judge on a pool [P, n, Lr]: gold helpful/harmless and shortcut flags, each [P, n]."""
+  p, n, length = responses.shape
+  prompts = np.repeat(prompt_ids, n, axis=0)
+  flat = responses.reshape(p * n, length)
+
+  @jax.jit
+  def judge_chunk(judge, prompts, responses):
+    h, s = judge(prompts, responses)
+    return h, s, judge.list_formatting(responses), judge.referral(responses)
+
+  parts = []
+  for start in range(0, flat.shape[0], chunk):
+    parts.append(jax.device_get(judge_chunk(judge, jnp.asarray(prompts[start:start + chunk]),
+                                            jnp.asarray(flat[start:start + chunk]))))
+  h, s, lists, referrals = (np.concatenate(x) for x in zip(*parts))
+  return {'helpful': h.reshape(p, n).astype(np.float32),
+          'harmless': s.reshape(p, n).astype(np.float32),
+          'list': lists.reshape(p, n).astype(bool),
+          'referral': referrals.reshape(p, n).astype(bool)}
+
+
 @dataclasses.dataclass
 class Models:
   """π0 and one proxy reward model per property, as loaded from an experiment directory."""
@@ -56,12 +101,12 @@ class Models:
     return references.make_reward_fn(self.reward_configs[prop], self.reward_params[prop])
 
 
-def load_models(exp: pools.ExperimentDirs) -> Models:
+def load_models(exp: layout.ExperimentDirs) -> Models:
   """π0 from EXP/sft and the reward models from EXP/rm_<property>."""
   config, params = sft_trainer.load_policy(exp.sft)
   prompt_length = int(sft_trainer.policy_info(exp.sft)['prompt_length'])
   rcfg, rparams = {}, {}
-  for prop in pools.PROPERTIES:
+  for prop in layout.PROPERTIES:
     rcfg[prop], rparams[prop] = reward_model_trainer.load_reward_model(exp.reward_model(prop))
   return Models(config, params, rcfg, rparams, prompt_length)
 
@@ -78,15 +123,15 @@ class RewardModelJudge:
 Judge = world_judge.GoldJudge | RewardModelJudge
 
 
-def load_judge(exp: pools.ExperimentDirs) -> Judge | None:
+def load_judge(exp: layout.ExperimentDirs) -> Judge | None:
   """The world's gold judge, else the judge reward models EXP/judge_<property> (None if absent)."""
   if exp.is_world:
     return world_judge.build_judge(world_lib.load_config(exp.data))
   if not all(io_utils.exists(os.path.join(exp.judge_model(p), reward_model_trainer.PARAMS_FILE))
-             for p in pools.PROPERTIES):
+             for p in layout.PROPERTIES):
     return None
   fns = {}
-  for prop in pools.PROPERTIES:
+  for prop in layout.PROPERTIES:
     config, params = reward_model_trainer.load_reward_model(exp.judge_model(prop))
     fns[prop] = references.make_reward_fn(config, params)
   return RewardModelJudge(fns, data_arrays.load_vocabulary(exp.vocabulary))
@@ -121,7 +166,7 @@ def judge_pool(judge: Judge | None, prompt_ids: np.ndarray,
   if judge is None:
     return {}
   if isinstance(judge, world_judge.GoldJudge):
-    judged = pools.gold_judgements(judge, prompt_ids, responses)
+    judged = gold_judgements(judge, prompt_ids, responses)
     return {'gold_helpful': judged['helpful'], 'gold_harmless': judged['harmless'],
             'flag_list': judged['list'], 'flag_referral': judged['referral']}
   from lsc_align.eval import shortcuts  # pylint: disable=g-import-not-at-top
@@ -137,15 +182,15 @@ def _score_all(models: Models, prompt_ids: np.ndarray, responses: np.ndarray,
                chunk: int) -> dict[str, np.ndarray]:
   return {f'reward_{prop}': references.score_pool(models.reward_fn(prop), prompt_ids, responses,
                                                   chunk)
-          for prop in pools.PROPERTIES}
+          for prop in layout.PROPERTIES}
 
 
 def canned_all(models: Models, data_dir: str, vocabulary: str, prompt_ids: np.ndarray,
-               chunk: int, properties: Sequence[str] = pools.PROPERTIES
+               chunk: int, properties: Sequence[str] = layout.PROPERTIES
                ) -> dict[str, np.ndarray]:
   """canned_<property>: the mean reward of the data source's refusal phrases per prompt [N]."""
   vocab = data_arrays.load_vocabulary(vocabulary)
-  canned = pools.encode_canned(pools.canned_response_texts(data_dir), vocab.encode)
+  canned = encode_canned(canned_response_texts(data_dir), vocab.encode)
   return {f'canned_{prop}': references.canned_rewards(models.reward_fn(prop), prompt_ids,
                                                       canned, chunk)
           for prop in properties}
@@ -158,7 +203,7 @@ def build_pools(exp_dir: str, sizes: PoolSizes | None = None, seed: int = 0,
   lenient: skip bad lines of an HH-layout data source instead of failing on the first.
   """
   sizes = sizes or PoolSizes()
-  exp = pools.ExperimentDirs(exp_dir)
+  exp = layout.ExperimentDirs(exp_dir)
   data_dir, vocabulary = exp.data, exp.vocabulary
   paths = {'train': exp.pool('train'), 'eval': exp.pool('eval')}
   if not overwrite and all(io_utils.exists(p) for p in paths.values()):
@@ -199,9 +244,9 @@ def build_pools(exp_dir: str, sizes: PoolSizes | None = None, seed: int = 0,
 
 def sample_rewards(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
   """property -> [P, m] proxy rewards of the π0 samples stored under `prefix`reward_<prop>."""
-  return {p: arrays[f'{prefix}reward_{p}'] for p in pools.PROPERTIES
+  return {p: arrays[f'{prefix}reward_{p}'] for p in layout.PROPERTIES
           if f'{prefix}reward_{p}' in arrays}
 
 
 def canned(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  return {p: arrays[f'canned_{p}'] for p in pools.PROPERTIES if f'canned_{p}' in arrays}
+  return {p: arrays[f'canned_{p}'] for p in layout.PROPERTIES if f'canned_{p}' in arrays}

@@ -1,4 +1,4 @@
-"""Stage: the reference-reward predictors of an experiment (`lsc-align references --exp_dir EXP`).
+"""Stage: the reference-reward predictors of an experiment (`lsc-align references`).
 
 For objectives with ('gaussian', q) references, r_ref(x) = r_mean(x) + Φ⁻¹(q)·r_std(x) comes from a
 predictor trained once per property (lsc_align.train.reference_trainer), so every training
@@ -19,7 +19,6 @@ predictor trained for another property or another reward model.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -30,7 +29,7 @@ import jax
 import numpy as np
 
 from lsc_align import io_utils
-from lsc_align.align import pools
+from lsc_align.pipeline import layout
 from lsc_align.align import references
 from lsc_align.pipeline import pools_stage
 from lsc_align.rewards import reference
@@ -60,7 +59,7 @@ def build_reference_pool(exp_dir: str, sizes: ReferencePoolSizes | None = None,
                          seed: int = 0) -> str:
   """Writes EXP/pools/reference.npz (skipped when present): prompt_ids, reward_<property>."""
   sizes = sizes or ReferencePoolSizes()
-  exp = pools.ExperimentDirs(exp_dir)
+  exp = layout.ExperimentDirs(exp_dir)
   path = exp.pool(POOL_NAME)
   if io_utils.exists(path):
     return path
@@ -75,14 +74,14 @@ def build_reference_pool(exp_dir: str, sizes: ReferencePoolSizes | None = None,
       jax.random.fold_in(jax.random.key(seed), 3), pool_sizes.response_length,
       pool_sizes.temperature, pool_sizes.chunk)
   arrays = {'prompt_ids': prompts}
-  for prop in pools.PROPERTIES:
+  for prop in layout.PROPERTIES:
     arrays[f'reward_{prop}'] = references.score_pool(models.reward_fn(prop), prompts, responses,
                                                      pool_sizes.chunk)
   io_utils.atomic_save_npz(path, arrays)
   return path
 
 
-def load_predictor(exp: pools.ExperimentDirs, prop: str) -> tuple[Any, Any]:
+def load_predictor(exp: layout.ExperimentDirs, prop: str) -> tuple[Any, Any]:
   """(config, params) of EXP/ref_<prop>, checked to be this experiment's reward model's."""
   run_dir = exp.reference_model(prop)
   try:
@@ -95,7 +94,7 @@ def load_predictor(exp: pools.ExperimentDirs, prop: str) -> tuple[Any, Any]:
   return config, params
 
 
-def gaussian_moments(exp: pools.ExperimentDirs, objective: Objective, prompt_ids: np.ndarray
+def gaussian_moments(exp: layout.ExperimentDirs, objective: Objective, prompt_ids: np.ndarray
                      ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """property -> (r_mean, r_std) [N] for each Gaussian reference of the objective."""
   out = {}
@@ -105,7 +104,7 @@ def gaussian_moments(exp: pools.ExperimentDirs, objective: Objective, prompt_ids
   return out
 
 
-def calibrate(exp: pools.ExperimentDirs, prop: str) -> dict[str, Any]:
+def calibrate(exp: layout.ExperimentDirs, prop: str) -> dict[str, Any]:
   """Calibration of EXP/ref_<prop> on the evaluation prompts; written to calibration.json.
 
   Fresh samples: the evaluation pool's N π0 samples per prompt. Compared with the empirical
@@ -113,7 +112,7 @@ def calibrate(exp: pools.ExperimentDirs, prop: str) -> dict[str, Any]:
   with m samples would give) and a constant predictor (the training targets' averages).
   """
   config, params = load_predictor(exp, prop)
-  arrays = pools.load_npz(exp.pool('eval'))
+  arrays = layout.load_npz(exp.pool('eval'))
   samples, sft = arrays[f'pool_reward_{prop}'], arrays[f'sft_reward_{prop}']
   mean, std = reference_trainer.predict_moments(config, params, arrays['prompt_ids'])
   info = reference_trainer.reference_model_info(exp.reference_model(prop))
@@ -134,15 +133,15 @@ def calibrate(exp: pools.ExperimentDirs, prop: str) -> dict[str, Any]:
 
 
 @gin.configurable
-def prepare_references(exp_dir: str, properties: Sequence[str] = pools.PROPERTIES,
+def prepare_references(exp_dir: str, properties: Sequence[str] = layout.PROPERTIES,
                        sizes: ReferencePoolSizes | None = None, seed: int = 0,
                        log: Any = print) -> dict[str, dict[str, Any]]:
   """The stage (module docstring) for `properties`; returns property -> calibration."""
-  exp = pools.ExperimentDirs(exp_dir)
-  unknown = sorted(set(properties) - set(pools.PROPERTIES))
+  exp = layout.ExperimentDirs(exp_dir)
+  unknown = sorted(set(properties) - set(layout.PROPERTIES))
   if unknown:
     raise ValueError(f'prepare_references.properties: unknown {unknown} (known: '
-                     f'{list(pools.PROPERTIES)})')
+                     f'{list(layout.PROPERTIES)})')
   if not all(io_utils.exists(exp.pool(s)) for s in ('train', 'eval')):
     raise FileNotFoundError(f'{exp.root} has no pools yet: run lsc-align pools --exp_dir '
                             f'{exp.root} first')
@@ -167,21 +166,10 @@ def prepare_references(exp_dir: str, properties: Sequence[str] = pools.PROPERTIE
 
 def load_calibrations(exp_dir: str) -> list[dict[str, Any]]:
   """The calibration.json of every predictor of an experiment (for the report)."""
-  exp = pools.ExperimentDirs(exp_dir)
+  exp = layout.ExperimentDirs(exp_dir)
   out = []
-  for prop in pools.PROPERTIES:
+  for prop in layout.PROPERTIES:
     path = os.path.join(exp.reference_model(prop), CALIBRATION_FILE)
     if io_utils.exists(path):
       out.append(json.loads(io_utils.read_text(path)))
   return out
-
-
-def references_main(args: argparse.Namespace) -> int:
-  """`lsc-align references --exp_dir EXP [--properties helpful,harmless]`."""
-  kwargs = {}
-  if getattr(args, 'properties', None):
-    kwargs['properties'] = [p.strip() for p in args.properties.split(',') if p.strip()]
-  for prop, result in prepare_references(args.exp_dir, **kwargs).items():
-    print(json.dumps({'property': prop, 'coverage': {
-        f'{row["q"]:g}': round(row['coverage'], 4) for row in result['gaussian']['quantiles']}}))
-  return 0

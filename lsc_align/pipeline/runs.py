@@ -24,9 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsc_align import checkpointing
-from lsc_align import gin_utils
 from lsc_align import io_utils
-from lsc_align import training_log as metrics_lib
 from lsc_align import partitioning
 from lsc_align.eval import evaluate as evaluate_lib
 from lsc_align.eval import results as results_lib
@@ -35,10 +33,12 @@ from lsc_align.pipeline import pools_stage
 from lsc_align.pipeline import reference_stage
 from lsc_align.rewards import aggregate
 from lsc_align.rewards.objectives import Objective, ReferenceKind
-from lsc_align.align import best_of_k, optimum, ppo, ppo_math, ppo_step, pools
+from lsc_align.align import best_of_k, optimum, ppo, ppo_math, ppo_step
+from lsc_align.pipeline import layout
 from lsc_align.train import loop
 from lsc_align.align import convergence as convergence_lib
 from lsc_align.align import critic, optimum_checks, references, rloo
+from lsc_align.train import trainer
 from lsc_align.train import trainer_utils
 
 RESULTS_FILE = 'eval_results.json'
@@ -56,7 +56,7 @@ def _rewards(arrays: dict[str, np.ndarray], prefix: str, objective: Objective) -
 
 
 def eval_references(objective: Objective, arrays: dict[str, np.ndarray],
-                    exp: pools.ExperimentDirs | None = None) -> np.ndarray:
+                    exp: layout.ExperimentDirs | None = None) -> np.ndarray:
   """[P, num_properties] references of the evaluation prompts: quantiles of their SFT samples,
   their canned-response rewards, or (Gaussian) the experiment's predictors on them."""
   gaussian = reference_stage.gaussian_properties(objective)
@@ -84,7 +84,7 @@ def _judged(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
                      'utilities or judge reward models (EXP/judge_<property>; prepare trains '
                      'them for data without gold)')
   return {
-      'judge': {p: arrays[f'{prefix}gold_{p}'] for p in pools.PROPERTIES},
+      'judge': {p: arrays[f'{prefix}gold_{p}'] for p in layout.PROPERTIES},
       'flags': {'list': arrays[f'{prefix}flag_list'],
                 'referral': arrays[f'{prefix}flag_referral']},
       'proxy': pools_stage.sample_rewards(arrays, prefix),
@@ -92,7 +92,7 @@ def _judged(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
 
 
 def _sft_judge(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  return {p: arrays[f'sft_gold_{p}'] for p in pools.PROPERTIES}
+  return {p: arrays[f'sft_gold_{p}'] for p in layout.PROPERTIES}
 
 
 def _write_results(run_dir: str, results: Sequence[results_lib.RunResult]) -> str:
@@ -113,8 +113,8 @@ def run_best_of_k(exp_dir: str, objective: Objective = gin.REQUIRED,
                   ks: Sequence[int] = (1, 2, 4, 8, 16, 32, 64), seed: int = 0,
                   name: str | None = None) -> list[results_lib.RunResult]:
   """Best-of-k for each k on the evaluation pool; writes EXP/runs/bok_<objective>/."""
-  exp = pools.ExperimentDirs(exp_dir)
-  arrays = pools.load_npz(exp.pool('eval'))
+  exp = layout.ExperimentDirs(exp_dir)
+  arrays = layout.load_npz(exp.pool('eval'))
   n = arrays['pool_responses'].shape[1]
   if max(ks) > n or min(ks) < 1:
     raise ValueError(f'run_best_of_k.ks = {list(ks)}: each k must be in [1, {n}] (pool size)')
@@ -142,8 +142,8 @@ def run_optimum(exp_dir: str, objective: Objective = gin.REQUIRED,
                 kl_coefs: Sequence[float] = (0.03, 0.1, 0.3, 1.0), seed: int = 0,
                 name: str | None = None) -> list[results_lib.RunResult]:
   """The closed-form optimum at each γ on the evaluation pool; writes EXP/runs/optimum_<obj>/."""
-  exp = pools.ExperimentDirs(exp_dir)
-  arrays = pools.load_npz(exp.pool('eval'))
+  exp = layout.ExperimentDirs(exp_dir)
+  arrays = layout.load_npz(exp.pool('eval'))
   u = pool_utilities(objective, _rewards(arrays, 'pool_', objective),
                      eval_references(objective, arrays, exp))
   judged = _judged(arrays, 'pool_')
@@ -220,11 +220,11 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
     raise ValueError('run_ppo: give exactly one of kl_coef (γ) and alpha (γ/(1+γ))')
   gamma = float(kl_coef) if kl_coef is not None else ppo_math.kl_coef_from_alpha(alpha)
   start_time = time.time()
-  exp = pools.ExperimentDirs(exp_dir)
+  exp = layout.ExperimentDirs(exp_dir)
   run_dir = io_utils.abspath(run_dir or exp.run(ppo_run_name(objective, gamma, seed, learner)))
   iteration = rloo.iteration_fn(learner)
   trainer_utils.check_run_dir(run_dir, resume, RESULTS_FILE)
-  pool_length = pools.load_npz(exp.pool('eval'))['pool_responses'].shape[-1]
+  pool_length = layout.load_npz(exp.pool('eval'))['pool_responses'].shape[-1]
   if hp.max_response_length != pool_length:  # the SFT baseline must get the same budget
     raise ValueError(f'PPOHyperparams.max_response_length = {hp.max_response_length} but the '
                      f'pools hold responses of {pool_length} tokens (PoolSizes.response_length)')
@@ -255,8 +255,6 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
     state_, metrics = iteration(setup, state_, batch)
     return state_, {**metrics, **{f'time/{k}': v for k, v in setup.timings.items()}}
 
-  writer = metrics_lib.MetricsWriter(run_dir)
-
   def step_callback(step: int, state_: ppo.PPOState, _: Any) -> None:
     nonlocal vocab
     if not sample_every or step % sample_every:
@@ -280,22 +278,16 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
           'train_prompts': train_prompts, 'num_train_prompts': int(prompt_ids.shape[0])}
   _check_same_run(run_dir, info)
   io_utils.atomic_write_json(os.path.join(run_dir, 'run.json'), info)
-  gin_utils.write_operative_config(run_dir)
-  checkpointer = checkpointing.TrainCheckpointer(
-      os.path.join(run_dir, 'checkpoints'), save_interval_steps=checkpoint_every, max_to_keep=2)
-  with partitioning.activate(mesh), checkpointer, writer:
-    if learner == 'ppo' and checkpointer.latest_step() is None:  # a resumed run has its critic
+  with trainer.session(run_dir, mesh, checkpoint_every) as live:
+    if learner == 'ppo' and live.checkpointer.latest_step() is None:  # resumed: has its critic
       state, critic_stats = critic.init_critic(setup, state)
       if critic_stats:
         state = jax.jit(lambda s: s, out_shardings=partitioning.replicated(mesh))(state)
         io_utils.atomic_write_json(os.path.join(run_dir, 'critic_init.json'), critic_stats)
     def run_chunk(state_: ppo.PPOState, total: int, resume_: bool) -> loop.TrainResult:
-      return loop.run_training(
-          state_, train_step, setup.batch, total_steps=total, checkpointer=checkpointer,
-          metrics_writer=writer, log_every=log_every, resume=resume_,
-          progress=metrics_lib.ProgressPrinter(total, ('utility', 'kl')),
-          host_state_fn=setup.schedule.host_state,
-          load_host_state=setup.schedule.check_host_state, step_callback=step_callback)
+      return live.train(state_, train_step, setup.batch, total, schedule=setup.schedule,
+                        log_every=log_every, resume=resume_, progress_keys=('utility', 'kl'),
+                        step_callback=step_callback)
     if convergence is None:
       result = run_chunk(state, steps, resume)
     else:
@@ -313,7 +305,7 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
   return evaluated
 
 
-def training_prompts(exp: pools.ExperimentDirs, objective: Objective, models: pools_stage.Models,
+def training_prompts(exp: layout.ExperimentDirs, objective: Objective, models: pools_stage.Models,
                      mode: str = 'auto') -> tuple[np.ndarray, np.ndarray, str]:
   """(prompt_ids [N, Lp], reference table [N, P], the mode used) of a PPO run (run_ppo)."""
   kinds = {spec.kind for spec in objective.references}
@@ -321,7 +313,7 @@ def training_prompts(exp: pools.ExperimentDirs, objective: Objective, models: po
     mode = ('all' if ReferenceKind.GAUSSIAN in kinds and ReferenceKind.QUANTILE not in kinds
             else 'pool')
   if mode == 'pool':
-    train = pools.load_npz(exp.pool('train'))
+    train = layout.load_npz(exp.pool('train'))
     return train['prompt_ids'], references.reference_table(
         objective, pools_stage.sample_rewards(train, ''), pools_stage.canned(train)), mode
   if mode != 'all':
@@ -341,7 +333,7 @@ def training_prompts(exp: pools.ExperimentDirs, objective: Objective, models: po
                                              num_prompts=prompts.shape[0]), mode
 
 
-def gaussian_predictors(exp: pools.ExperimentDirs, objective: Objective
+def gaussian_predictors(exp: layout.ExperimentDirs, objective: Objective
                         ) -> tuple[Any, tuple[Any, ...]]:
   """(predictor config or None, params per objective property or None) for the scoring step."""
   loaded = {p: reference_stage.load_predictor(exp, p)
@@ -356,12 +348,12 @@ def gaussian_predictors(exp: pools.ExperimentDirs, objective: Objective
                               for p in objective.properties)
 
 
-def evaluate_ppo(exp: pools.ExperimentDirs, objective: Objective, gamma: float, seed: int,
+def evaluate_ppo(exp: layout.ExperimentDirs, objective: Objective, gamma: float, seed: int,
                  params: Any, models: pools_stage.Models, hp: ppo_step.PPOHyperparams,
                  evaluation: PPOEval, run: str, train_seconds: float,
                  last_metrics: dict[str, Any], learner: str = 'ppo') -> results_lib.RunResult:
   """Samples the final π on the evaluation prompts; judged, with KL and the optimum's share."""
-  arrays = pools.load_npz(exp.pool('eval'))
+  arrays = layout.load_npz(exp.pool('eval'))
   prompts = arrays['prompt_ids']
   responses = references.sample_pool(params, models.policy_config, prompts,
                                      evaluation.samples_per_prompt,
@@ -372,7 +364,7 @@ def evaluate_ppo(exp: pools.ExperimentDirs, objective: Objective, gamma: float, 
   judged = pools_stage.judge_pool(pools_stage.load_judge(exp), prompts, responses)
   scored = {f'reward_{p}': references.score_pool(models.reward_fn(p), prompts, responses,
                                                  evaluation.batch_size)
-            for p in pools.PROPERTIES}  # every property: proxy curves for any objective
+            for p in layout.PROPERTIES}  # every property: proxy curves for any objective
   refs = eval_references(objective, arrays, exp)
   u = pool_utilities(objective, _rewards(scored, '', objective), refs)
   u_pool = pool_utilities(objective, _rewards(arrays, 'pool_', objective), refs)
@@ -426,7 +418,7 @@ def evaluate_run(run_dir: str, step: int | None = None) -> results_lib.RunResult
     raise FileNotFoundError(f'{info_path} not found: only PPO run directories are evaluated '
                             'from checkpoints (best-of-k and optimum runs are evaluated when made)')
   info = json.loads(io_utils.read_text(info_path))
-  exp = pools.ExperimentDirs(info['exp_dir'])
+  exp = layout.ExperimentDirs(info['exp_dir'])
   objective = Objective.from_dict(info['objective'])
   hp = ppo_step.PPOHyperparams(**info['hp'])
   models = pools_stage.load_models(exp)

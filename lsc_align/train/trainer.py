@@ -4,9 +4,12 @@ A trainer says only what differs — its model's parameters, its train step, its
 its validation — as a `TrainerSpec`; `run` does the rest the same way for all of them:
 
     optimizer and schedule → sharded state (optionally adjusted, e.g. T5X weights)
-    → epoch batch schedule → jitted, donated train step → metrics writer → operative config
-    → Orbax checkpoints → loop.run_training (resume, preemption, NaN guard, periodic validation)
-    → final validation → params file, info JSON, summary JSON, operative config again.
+    → epoch batch schedule → jitted, donated train step → `session` (operative config, metrics
+    writer, Orbax checkpoints) → loop.run_training (resume, preemption, NaN guard, periodic
+    validation) → final validation → params file, info JSON, summary JSON, operative config.
+
+The PPO / RLOO runs (lsc_align.pipeline.runs.run_ppo) have their own state and iteration but
+share `session` and `Session.train`.
 
 `Settings` holds the parameters the trainers share (gin binds them per trainer, e.g.
 `train_reward_model.steps`, `train_sft.steps`), and `prepare_run_dir` the checks that must come
@@ -14,11 +17,12 @@ before a run directory gets anything.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -111,6 +115,39 @@ def prepare_run_dir(settings: Settings, run_dir: str, params_file: str, data_dir
   return mesh
 
 
+@dataclasses.dataclass
+class Session:
+  """A run directory's live metrics writer and Orbax checkpointer (see `session`)."""
+  writer: training_log.MetricsWriter
+  checkpointer: checkpointing.TrainCheckpointer
+
+  def train(self, state: Any, train_step: Callable[[Any, Any], tuple[Any, dict[str, Any]]],
+            batch_fn: Callable[[int], Any], total_steps: int, *, schedule: loop.EpochBatchSchedule,
+            log_every: int, resume: bool, progress_keys: Sequence[str],
+            step_callback: Callable[[int, Any, Any], None] | None = None) -> loop.TrainResult:
+    """loop.run_training with this session's writer, checkpointer and a progress line; the data
+    position is the epoch schedule's (checked on resume)."""
+    return loop.run_training(
+        state, train_step, batch_fn, total_steps=total_steps, checkpointer=self.checkpointer,
+        metrics_writer=self.writer, log_every=log_every, resume=resume,
+        progress=training_log.ProgressPrinter(total_steps, tuple(progress_keys)),
+        host_state_fn=schedule.host_state, load_host_state=schedule.check_host_state,
+        step_callback=step_callback)
+
+
+@contextlib.contextmanager
+def session(run_dir: str, mesh: Any, checkpoint_every: int) -> Iterator[Session]:
+  """What every training run holds open: the operative gin config written to run_dir, a
+  metrics writer (metrics.jsonl, TensorBoard), Orbax checkpoints under run_dir/checkpoints
+  (the latest two kept) and the mesh activated. Trainers and the PPO / RLOO runs share it."""
+  writer = training_log.MetricsWriter(run_dir)
+  gin_utils.write_operative_config(run_dir)
+  checkpointer = checkpointing.TrainCheckpointer(
+      os.path.join(run_dir, 'checkpoints'), save_interval_steps=checkpoint_every, max_to_keep=2)
+  with partitioning.activate(mesh), checkpointer, writer:
+    yield Session(writer, checkpointer)
+
+
 def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
   return {f'eval/{k}': v for k, v in metrics.items() if isinstance(v, (int, float))}
 
@@ -148,31 +185,23 @@ def run(spec: TrainerSpec, settings: Settings, run_dir: str, mesh: Any,
                        in_shardings=(shardings, partitioning.batch_sharding(mesh)),
                        out_shardings=(shardings, partitioning.replicated(mesh)),
                        donate_argnums=(0,))
-  writer = training_log.MetricsWriter(run_dir)
   steps = settings.steps
 
   def step_callback(step: int, state_: loop.TrainState, _: Any) -> None:
     if settings.eval_every and step % settings.eval_every == 0 and step != steps:
       scalars = _scalars(spec.evaluate(state_.params, mesh))
-      writer.write(step, scalars)
+      live.writer.write(step, scalars)
       logging.info('step %d eval: %s', step, scalars)
 
   info = {**info, 'num_params': trainer_utils.count_params(state.params)}
-  gin_utils.write_operative_config(run_dir)
-  checkpointer = checkpointing.TrainCheckpointer(
-      os.path.join(run_dir, 'checkpoints'), save_interval_steps=settings.checkpoint_every,
-      max_to_keep=2)
   extras: dict[str, Any] = {}
-  with partitioning.activate(mesh), checkpointer, writer:
-    result = loop.run_training(
-        state, train_step, batch_fn, total_steps=steps, checkpointer=checkpointer,
-        metrics_writer=writer, log_every=settings.log_every, resume=settings.resume,
-        progress=training_log.ProgressPrinter(steps, spec.progress_keys),
-        host_state_fn=schedule.host_state, load_host_state=schedule.check_host_state,
-        step_callback=step_callback)
+  with session(run_dir, mesh, settings.checkpoint_every) as live:
+    result = live.train(state, train_step, batch_fn, steps, schedule=schedule,
+                        log_every=settings.log_every, resume=settings.resume,
+                        progress_keys=spec.progress_keys, step_callback=step_callback)
     if result.status is loop.TrainStatus.COMPLETED:
       final = spec.evaluate(result.state.params, mesh)
-      writer.write(steps, _scalars(final))
+      live.writer.write(steps, _scalars(final))
       if spec.final_extras is not None:
         extras = spec.final_extras(result.state.params, mesh)
   if result.status is not loop.TrainStatus.COMPLETED:

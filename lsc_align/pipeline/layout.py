@@ -1,4 +1,4 @@
-"""π0 sample pools of an experiment: the data behind references, best-of-k, optimum and eval.
+"""The layout of an experiment directory: where every stage writes, and who reads what.
 
 An experiment directory holds the stages' outputs side by side:
 
@@ -25,16 +25,11 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lsc_align import io_utils
-from lsc_align.conventions import PROPERTIES
-from lsc_align.models import policy
-from lsc_align.rewards.objectives import DEFAULT_REFUSALS
+from lsc_align.conventions import PROPERTIES  # pylint: disable=unused-import (layout.PROPERTIES)
 
 SOURCE_FILE = 'experiment.json'
 
@@ -102,45 +97,3 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
   if not io_utils.exists(path):
     raise FileNotFoundError(f'{path} does not exist: build the pools first (lsc-align pools)')
   return io_utils.load_npz(path)
-
-
-def canned_response_texts(data_dir: str) -> tuple[str, ...]:
-  """The data source's refusal phrases: the world's own, or the HH defaults."""
-  from lsc_align.world import supervision  # pylint: disable=g-import-not-at-top
-  return supervision.refusal_phrases(data_dir) or DEFAULT_REFUSALS
-
-
-def encode_canned(texts: Sequence[str], encode: Any, eos_id: int = policy.EOS_ID,
-                  unk_id: int = 2) -> list[np.ndarray]:
-  """Token ids of canned responses (with EOS); a text the vocabulary cannot spell is an error."""
-  out = []
-  for text in texts:
-    ids = list(encode(text))
-    if not ids or unk_id in ids:
-      raise ValueError(f'canned response {text!r} has words outside the vocabulary; give '
-                       'canned responses in the data source\'s own words')
-    out.append(np.asarray(ids + [eos_id], np.int32))
-  return out
-
-
-def gold_judgements(judge: Any, prompt_ids: np.ndarray, responses: np.ndarray,
-                    chunk: int = 1024) -> dict[str, np.ndarray]:
-  """World judge on a pool [P, n, Lr]: gold helpful/harmless and shortcut flags, each [P, n]."""
-  p, n, length = responses.shape
-  prompts = np.repeat(prompt_ids, n, axis=0)
-  flat = responses.reshape(p * n, length)
-
-  @jax.jit
-  def judge_chunk(judge, prompts, responses):
-    h, s = judge(prompts, responses)
-    return h, s, judge.list_formatting(responses), judge.referral(responses)
-
-  parts = []
-  for start in range(0, flat.shape[0], chunk):
-    parts.append(jax.device_get(judge_chunk(judge, jnp.asarray(prompts[start:start + chunk]),
-                                            jnp.asarray(flat[start:start + chunk]))))
-  h, s, lists, referrals = (np.concatenate(x) for x in zip(*parts))
-  return {'helpful': h.reshape(p, n).astype(np.float32),
-          'harmless': s.reshape(p, n).astype(np.float32),
-          'list': lists.reshape(p, n).astype(bool),
-          'referral': referrals.reshape(p, n).astype(bool)}
