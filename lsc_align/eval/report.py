@@ -19,6 +19,7 @@ import numpy as np
 
 from lsc_align import io_utils
 from lsc_align.eval import win_rates as eval_metrics
+from lsc_align.eval import paired
 from lsc_align.eval import plots
 from lsc_align.eval import results as eval_results
 from lsc_align.eval.results import FrontierPoint, RunResult  # pylint: disable=unused-import
@@ -238,6 +239,13 @@ def render_markdown(results: Sequence[RunResult], points: Sequence[FrontierPoint
   else:
     lines.append('No gap computed: no PPO point lies inside the KL range of an "optimum" '
                  'frontier of the same objective.')
+  paired_rows = paired.paired_comparisons(results)
+  if paired_rows:
+    lines += ['', '## Variants of one utility, seed by seed at matched KL', '',
+              'PPO objectives of the same transform and property (e.g. other reference rewards), '
+              'each seed\'s frontier interpolated to the same KL; difference = objective − '
+              'baseline, averaged over seeds, with a 95% t-interval across seeds.', '']
+    lines += paired.table(paired_rows)
   if calibrations:
     lines += ['', '## Reference predictors: calibration', ''] + calibration_table(calibrations)
   lines += ['', '## Figures', '']

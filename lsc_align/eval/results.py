@@ -295,7 +295,8 @@ class FrontierPoint:
     return self.runs[0].label
 
 
-def _t_quantile(level: float, dof: int) -> float:
+def t_quantile(level: float, dof: int) -> float:
+  """The two-sided level quantile of Student's t with dof degrees of freedom."""
   from scipy import stats  # pylint: disable=g-import-not-at-top
   return float(stats.t.ppf(0.5 + level / 2, dof))
 
@@ -315,7 +316,7 @@ def aggregate_seeds(results: Sequence[RunResult], level: float = 0.95) -> list[F
       per_seed = np.array([run.metrics()[name] for run in runs if name in run.metrics()])
       values[name] = float(per_seed.mean())
       if per_seed.size >= 2:
-        half = _t_quantile(level, per_seed.size - 1) * per_seed.std(ddof=1) / math.sqrt(
+        half = t_quantile(level, per_seed.size - 1) * per_seed.std(ddof=1) / math.sqrt(
             per_seed.size)
         cis[name] = (values[name] - half, values[name] + half)
       else:
