@@ -87,12 +87,22 @@ def test_prefill_then_decode_matches_forward(params):
   np.testing.assert_allclose(prefix_logits, logits[:, :5], atol=1e-5)
   np.testing.assert_allclose(prefix_values, values[:, :5], atol=1e-5)
   assert len(cache) == CONFIG.num_layers
-  assert cache[0][0].shape == (2, 12, CONFIG.num_heads, CONFIG.head_dim)
+  assert cache[0][0].shape == (2, CONFIG.num_heads, 12, CONFIG.head_dim)
   for t in range(5, 12):
     step_logits, step_values, cache = _decode_step(
         params, CONFIG, tokens[:, t], jnp.full((2,), t, jnp.int32), cache)
     np.testing.assert_allclose(step_logits, logits[:, t], atol=1e-5)
     np.testing.assert_allclose(step_values, values[:, t], atol=1e-5)
+
+
+def test_forward_at_equals_gathered_forward(params):
+  tokens = _random_tokens(5)
+  logits, values = _forward(params, CONFIG, tokens)
+  positions = np.array([[0, 3, 11], [7, 7, 2]], np.int32)
+  at_logits, at_values = jax.jit(policy.forward_at, static_argnums=1)(params, CONFIG, tokens,
+                                                                      positions)
+  np.testing.assert_allclose(at_logits, policy.gather_positions(logits, positions), atol=1e-5)
+  np.testing.assert_allclose(at_values, policy.gather_positions(values, positions), atol=1e-5)
 
 
 def test_decode_at_per_row_positions(params):

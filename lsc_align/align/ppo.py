@@ -93,20 +93,11 @@ def repeat_samples(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
 def minibatch_updates(train: TrainState, config: Any, hp: PPOHyperparams,
                       rollout: ppo_step.Rollout, shuffle_key: jax.Array
                       ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """hp.epochs passes of hp.num_minibatches clipped updates over the rollout; mean statistics."""
-  size = rollout.prompt_ids.shape[0]
-  if size % hp.num_minibatches:
-    raise ValueError(f'{size} rollouts not divisible by num_minibatches {hp.num_minibatches}')
-  mb = size // hp.num_minibatches
-  update_stats = []
-  for epoch in range(hp.epochs):
-    order = np.asarray(jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), size))
-    for i in range(hp.num_minibatches):
-      idx = order[i * mb:(i + 1) * mb]
-      minibatch = jax.tree.map(lambda x, idx=idx: x[idx], rollout)
-      train, stats = ppo_step.update_step(train, config, hp, minibatch)
-      update_stats.append(stats)
-  return train, jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *update_stats)
+  """hp.epochs passes of hp.num_minibatches clipped updates over the rollout; mean statistics.
+
+  One compiled program (ppo_step.update_epochs); `train` is donated.
+  """
+  return ppo_step.update_epochs(train, config, hp, rollout, shuffle_key)
 
 
 def iteration_metrics(setup: PPOSetup, scores: ppo_step.Scores, response_mask: jax.Array,

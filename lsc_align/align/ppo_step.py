@@ -182,15 +182,15 @@ def advantages_step(config: PolicyConfig, hp: PPOHyperparams, params: Any, promp
                  ppo_math.whiten(adv, mask), returns)
 
 
-@functools.partial(jax.jit, static_argnames=('config', 'hp'), donate_argnums=(0,))
-def update_step(state: TrainState, config: PolicyConfig, hp: PPOHyperparams,
-                batch: Rollout) -> tuple[TrainState, dict[str, jax.Array]]:
+def _minibatch_step(state: TrainState, config: PolicyConfig, hp: PPOHyperparams,
+                    batch: Rollout) -> tuple[TrainState, dict[str, jax.Array]]:
   """One gradient step on a minibatch: clipped surrogate + clipped value loss (− entropy)."""
   config = loss_config(config, hp)
 
   def loss_fn(params):
+    # With entropy_coef 0 the entropy is only reported: no backward pass through it.
     s = sampling.response_logprobs(params, config, batch.prompt_ids, batch.response_ids,
-                                   hp.temperature)
+                                   hp.temperature, entropy_gradient=hp.entropy_coef != 0)
     pg_loss, pg_stats = ppo_math.policy_loss(s.logprobs, batch.old_logprobs, batch.advantages,
                                              batch.response_mask, hp.clip_ratio)
     v_loss, v_stats = ppo_math.value_loss(s.values, batch.old_values, batch.returns,
@@ -203,3 +203,37 @@ def update_step(state: TrainState, config: PolicyConfig, hp: PPOHyperparams,
   (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   stats = dict(stats, loss=loss, grad_norm=optax.global_norm(grads))
   return state.apply_gradients(grads), stats
+
+
+update_step = functools.partial(jax.jit, static_argnames=('config', 'hp'),
+                                donate_argnums=(0,))(_minibatch_step)
+update_step.__doc__ = _minibatch_step.__doc__
+
+
+def minibatch_orders(size: int, hp: PPOHyperparams, shuffle_key: jax.Array) -> jax.Array:
+  """[epochs · num_minibatches, size / num_minibatches] row indices: epoch e's rows in the order
+  permutation(fold_in(shuffle_key, e)), cut into consecutive minibatches."""
+  if size % hp.num_minibatches:
+    raise ValueError(f'{size} rollouts not divisible by num_minibatches {hp.num_minibatches}')
+  orders = [jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), size)
+            for epoch in range(hp.epochs)]
+  return jnp.stack(orders).reshape(hp.epochs * hp.num_minibatches, size // hp.num_minibatches)
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'hp'), donate_argnums=(0,))
+def update_epochs(state: TrainState, config: PolicyConfig, hp: PPOHyperparams, rollout: Rollout,
+                  shuffle_key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+  """hp.epochs passes of hp.num_minibatches `update_step`s over the rollout, as one program.
+
+  A lax.scan over the epochs × minibatches updates, the minibatch order drawn inside
+  (`minibatch_orders`, the same for the same key); the state is donated. Returns the new state
+  and each statistic's mean over the updates.
+  """
+  orders = minibatch_orders(rollout.prompt_ids.shape[0], hp, shuffle_key)
+
+  def body(state, rows):
+    minibatch = jax.tree.map(lambda x: jnp.take(x, rows, axis=0), rollout)
+    return _minibatch_step(state, config, hp, minibatch)
+
+  state, stats = jax.lax.scan(body, state, orders)
+  return state, jax.tree.map(lambda x: jnp.mean(x, axis=0), stats)

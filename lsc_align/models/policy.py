@@ -13,11 +13,17 @@ Three entry points share one parameter tree:
 * `forward`: whole sequences, causal; returns logits [B, L, V] and values [B, L];
 * `prefill`: `forward` that also returns a KV cache of a given length holding the prompt;
 * `decode_step`: one token per row at per-row positions, reading and updating the cache.
+`forward_at` is `forward` with logits and values only at given positions per row (what log-probs
+of responses need: no [B, L, V] logits for the prompt).
 
 The KV cache is an explicit pytree (a tuple over layers of (keys, values), each
-[B, S, heads, head_dim]) so it can sit in a `lax.while_loop` / `lax.scan` carry. Cache slot s holds
-the token at absolute position s of its row; a query at position p sees slots 0..p only, so slots
-beyond p may hold anything (e.g. the prompt's right padding) until they are overwritten.
+[B, heads, S, head_dim]: heads before slots, so the decode step's attention contracts without
+transposing the cache) so it can sit in a `lax.while_loop` / `lax.scan` carry. By default cache
+slot s holds the token at absolute position s of its row, written per row; a query at position p
+sees slots 0..p only, so slots beyond p may hold anything (e.g. the prompt's right padding) until
+they are overwritten. A decode step may instead write every row at one common slot (`cache_slot`,
+an in-place dynamic_update_slice) and give the position each slot holds (`slot_positions`): the
+sampler writes response token t of every row at slot Lp + t.
 """
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ from lsc_align.conventions import EOS_ID, PAD_ID
 
 
 Params = Any  # a flax parameter pytree (the 'params' collection, unboxed)
-LayerCache = tuple[jax.Array, jax.Array]  # (keys, values), each [B, S, heads, head_dim]
+LayerCache = tuple[jax.Array, jax.Array]  # (keys, values), each [B, heads, S, head_dim]
 KVCache = tuple[LayerCache, ...]  # one entry per layer
 
 
@@ -43,8 +49,9 @@ KVCache = tuple[LayerCache, ...]  # one entry per layer
 class PolicyConfig:
   """Sizes of the policy LM. Frozen (hashable) so it can be a static argument of jax.jit.
 
-  dtype is the activation dtype ('float32' on CPU, 'bfloat16' on TPU); parameters, softmaxes,
-  logits and values are always float32.
+  dtype is the compute dtype of matmul inputs and activations ('float32', or 'bfloat16' for mixed
+  precision: float32 master weights cast per use). Parameters, RMSNorm statistics, rotary angles,
+  attention softmaxes, logits (bfloat16 inputs, float32 accumulation) and values stay float32.
   """
   vocab_size: int = 512
   emb_dim: int = 64
@@ -132,6 +139,10 @@ class MultiAxisDense(nn.Module):
                                (contracting, ((), ())))
 
 
+# Position of a slot that holds nothing: beyond any query's position, so never visible.
+EMPTY_SLOT = 2 ** 30
+
+
 class CausalSelfAttention(nn.Module):
   """Multi-head causal self-attention with rotary positions and an optional explicit KV cache."""
   config: PolicyConfig
@@ -139,6 +150,7 @@ class CausalSelfAttention(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
                layer_cache: LayerCache | None, cache_length: int | None,
+               cache_slot: jax.Array | None = None, slot_positions_BxS: jax.Array | None = None,
                ) -> tuple[jax.Array, LayerCache | None]:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
@@ -149,32 +161,42 @@ class CausalSelfAttention(nn.Module):
     key = apply_rotary(project(name='key')(x_BxTxD), positions_BxT, cfg.rope_max_wavelength)
     value = project(name='value')(x_BxTxD)
     query, key, value = (nn.with_logical_constraint(a, qkv_axes) for a in (query, key, value))
+    scale = 1.0 / float(cfg.head_dim) ** 0.5
 
     if layer_cache is None:  # whole sequences: keys are this call's tokens
-      keys, values, key_positions_BxS = key, value, positions_BxT
+      visible_BxTxS = positions_BxT[:, None, :] <= positions_BxT[:, :, None]
+      mixed_BxTxHxD = jax.nn.dot_product_attention(query, key, value, mask=visible_BxTxS[:, None],
+                                                   scale=scale, implementation='xla')
       new_cache = None
       if cache_length is not None:  # prefill: slots 0..T-1 hold the tokens at positions 0..T-1
-        pad = ((0, 0), (0, cache_length - key.shape[1]), (0, 0), (0, 0))
-        new_cache = (jnp.pad(key, pad), jnp.pad(value, pad))
-    else:  # decode: one token per row, written to the slot of its position
+        pad = ((0, 0), (0, 0), (0, cache_length - key.shape[1]), (0, 0))
+        new_cache = tuple(jnp.pad(jnp.swapaxes(a, 1, 2), pad) for a in (key, value))
+    else:  # decode: one token per row
       if x_BxTxD.shape[1] != 1:
         raise ValueError(f'decode takes one token per row, got {x_BxTxD.shape[1]}')
       cache_keys, cache_values = layer_cache
-      slots_S = jnp.arange(cache_keys.shape[1])
-      write_BxSx1x1 = (slots_S[None, :] == positions_BxT)[:, :, None, None]  # [B,1]->[B,S]
-      keys = jnp.where(write_BxSx1x1, key.astype(cache_keys.dtype), cache_keys)
-      values = jnp.where(write_BxSx1x1, value.astype(cache_values.dtype), cache_values)
-      keys, values = (nn.with_logical_constraint(a, qkv_axes) for a in (keys, values))
-      key_positions_BxS = jnp.broadcast_to(slots_S, (keys.shape[0], slots_S.shape[0]))
+      key_Bx1xHxD = jnp.swapaxes(key, 1, 2).astype(cache_keys.dtype)  # [B, heads, 1, head_dim]
+      value_Bx1xHxD = jnp.swapaxes(value, 1, 2).astype(cache_values.dtype)
+      slots_S = jnp.arange(cache_keys.shape[2])
+      if cache_slot is None:  # row b's token goes to the slot of its position
+        write_Bx1xSx1 = (slots_S[None, :] == positions_BxT)[:, None, :, None]  # [B,1]->[B,S]
+        keys = jnp.where(write_Bx1xSx1, key_Bx1xHxD, cache_keys)
+        values = jnp.where(write_Bx1xSx1, value_Bx1xHxD, cache_values)
+        slot_positions_BxS = jnp.broadcast_to(slots_S, (keys.shape[0], slots_S.shape[0]))
+      else:  # every row's token goes to one slot: an in-place update inside a loop
+        start = (0, 0, cache_slot, 0)
+        keys = jax.lax.dynamic_update_slice(cache_keys, key_Bx1xHxD, start)
+        values = jax.lax.dynamic_update_slice(cache_values, value_Bx1xHxD, start)
+      cache_axes = ('batch', 'heads', 'length', 'kv')
+      keys, values = (nn.with_logical_constraint(a, cache_axes) for a in (keys, values))
       new_cache = (keys, values)
-
-    visible_BxTxS = key_positions_BxS[:, None, :] <= positions_BxT[:, :, None]
-    scores_BxHxTxS = jnp.einsum('bthd,bshd->bhts', query, keys,
-                                preferred_element_type=jnp.float32) / jnp.sqrt(cfg.head_dim)
-    scores_BxHxTxS = jnp.where(visible_BxTxS[:, None], scores_BxHxTxS,
-                               jnp.finfo(jnp.float32).min)
-    probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(dtype)
-    mixed_BxTxHxD = jnp.einsum('bhts,bshd->bthd', probs_BxHxTxS, values)
+      visible_Bx1xS = slot_positions_BxS[:, None, :] <= positions_BxT[:, :, None]
+      scores_BxHx1xS = jnp.einsum('bhtd,bhsd->bhts', jnp.swapaxes(query, 1, 2), keys,
+                                  preferred_element_type=jnp.float32) * scale
+      scores_BxHx1xS = jnp.where(visible_Bx1xS[:, None], scores_BxHx1xS,
+                                 jnp.finfo(jnp.float32).min)
+      probs_BxHx1xS = jax.nn.softmax(scores_BxHx1xS, axis=-1).astype(values.dtype)
+      mixed_BxTxHxD = jnp.einsum('bhts,bhsd->bthd', probs_BxHx1xS, values)
     mixed_BxTxHxD = nn.with_logical_constraint(mixed_BxTxHxD, qkv_axes)
     out = MultiAxisDense((cfg.emb_dim,), 2, ('heads', 'kv', 'embed'), dtype,
                          name='out')(mixed_BxTxHxD)
@@ -204,11 +226,12 @@ class DecoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
                layer_cache: LayerCache | None, cache_length: int | None,
+               cache_slot: jax.Array | None = None, slot_positions_BxS: jax.Array | None = None,
                ) -> tuple[jax.Array, LayerCache | None]:
     dtype = jnp.dtype(self.config.dtype)
     attended, new_cache = CausalSelfAttention(self.config, name='attention')(
         RMSNorm(dtype, name='pre_attention_norm')(x_BxTxD), positions_BxT, layer_cache,
-        cache_length)
+        cache_length, cache_slot, slot_positions_BxS)
     x_BxTxD = x_BxTxD + attended
     normed_BxTxD = RMSNorm(dtype, name='pre_mlp_norm')(x_BxTxD)
     x_BxTxD = x_BxTxD + GatedMlp(self.config, name='mlp')(normed_BxTxD)
@@ -233,12 +256,18 @@ class ValueHead(nn.Module):
 
 
 class PolicyLM(nn.Module):
-  """The policy LM; returns (logits [B,T,V] f32, values [B,T] f32, new KV cache or None)."""
+  """The policy LM; returns (logits [B,T,V] f32, values [B,T] f32, new KV cache or None).
+
+  With `output_positions` [B, K], logits and values are computed at those positions only
+  ([B, K, V] and [B, K]): the output projection, the largest matmul, skips the other positions.
+  """
   config: PolicyConfig
 
   @nn.compact
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
                kv_cache: KVCache | None = None, cache_length: int | None = None,
+               output_positions_BxK: jax.Array | None = None,
+               cache_slot: jax.Array | None = None, slot_positions_BxS: jax.Array | None = None,
                ) -> tuple[jax.Array, jax.Array, KVCache | None]:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
@@ -249,11 +278,17 @@ class PolicyLM(nn.Module):
     new_layer_caches = []
     for i in range(cfg.num_layers):
       x_BxTxD, layer_cache = DecoderBlock(cfg, name=f'layers_{i}')(
-          x_BxTxD, positions_BxT, None if kv_cache is None else kv_cache[i], cache_length)
+          x_BxTxD, positions_BxT, None if kv_cache is None else kv_cache[i], cache_length,
+          cache_slot, slot_positions_BxS)
       new_layer_caches.append(layer_cache)
+    if output_positions_BxK is not None:
+      x_BxTxD = gather_positions(x_BxTxD, output_positions_BxK)
     h_BxTxD = RMSNorm(dtype, name='decoder_norm')(x_BxTxD)
+    # float32 accumulation: log-probs and their ratios need more than bfloat16's 8 bits.
     logits_BxTxV = nn.DenseGeneral(cfg.vocab_size, use_bias=False, dtype=dtype,
                                    kernel_init=_kernel_init('embed', 'vocab'),
+                                   dot_general=functools.partial(
+                                       jax.lax.dot_general, preferred_element_type=jnp.float32),
                                    name='logits_dense')(h_BxTxD).astype(jnp.float32)
     logits_BxTxV = nn.with_logical_constraint(logits_BxTxV, ('batch', 'length', 'vocab'))
     value_input = jax.lax.stop_gradient(h_BxTxD) if cfg.detach_value_head else h_BxTxD
@@ -309,6 +344,19 @@ def forward(params: Params, config: PolicyConfig,
   return logits, values
 
 
+def forward_at(params: Params, config: PolicyConfig, tokens_BxL: jax.Array,
+               positions_BxK: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`forward`'s logits [B, K, V] and values [B, K] at positions [B, K] of each row only.
+
+  Equal to gather_positions of `forward`'s outputs, without computing the others.
+  """
+  _check_length(config, tokens_BxL.shape[1], 'sequence')
+  positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
+  logits, values, _ = PolicyLM(config).apply({'params': params}, tokens_BxL, positions_BxL,
+                                             output_positions_BxK=positions_BxK)
+  return logits, values
+
+
 def prefill(params: Params, config: PolicyConfig, tokens_BxL: jax.Array,
             cache_length: int) -> tuple[jax.Array, jax.Array, KVCache]:
   """`forward` that also returns a KV cache of `cache_length` slots, slots 0..L-1 filled."""
@@ -321,10 +369,21 @@ def prefill(params: Params, config: PolicyConfig, tokens_BxL: jax.Array,
 
 
 def decode_step(params: Params, config: PolicyConfig, tokens_B: jax.Array, positions_B: jax.Array,
-                kv_cache: KVCache) -> tuple[jax.Array, jax.Array, KVCache]:
-  """One token per row at its own position: (logits [B, V], values [B], updated cache)."""
+                kv_cache: KVCache, cache_slot: jax.Array | None = None,
+                slot_positions_BxS: jax.Array | None = None,
+                ) -> tuple[jax.Array, jax.Array, KVCache]:
+  """One token per row at its own position: (logits [B, V], values [B], updated cache).
+
+  By default row b's token is written to cache slot positions_B[b]. With `cache_slot` (a scalar)
+  every row's token is written to that slot instead, and `slot_positions_BxS` [B, S] gives the
+  position each slot holds in each row (EMPTY_SLOT for none); a row sees the slots whose
+  position is at most its own.
+  """
+  if (cache_slot is None) != (slot_positions_BxS is None):
+    raise ValueError('give both cache_slot and slot_positions_BxS, or neither')
   logits, values, new_cache = PolicyLM(config).apply(
-      {'params': params}, tokens_B[:, None], positions_B[:, None], kv_cache=kv_cache)
+      {'params': params}, tokens_B[:, None], positions_B[:, None], kv_cache=kv_cache,
+      cache_slot=cache_slot, slot_positions_BxS=slot_positions_BxS)
   return logits[:, 0], values[:, 0], new_cache
 
 

@@ -3,8 +3,10 @@
 Prompts of different lengths. Prompts are right-padded [B, Lp]. Each row is processed at its own
 positions: the whole padded batch is prefilled at once (causal, so a row's real tokens never see
 its padding), then row b's response token t is drawn from the logits at position len_b - 1 + t
-and written to the KV-cache slot len_b + t, overwriting padding. With rotary positions, row b's
-computation is exactly that of sampling its prompt alone; no shifting to the left is needed.
+and fed back at position len_b + t. Its keys and values go to the KV-cache slot Lp + t, the same
+slot for every row (one in-place update per step); each row's attention sees its prompt's real
+slots and the response slots written so far (policy.decode_step's slot positions). With rotary
+positions, row b's computation is that of sampling its prompt alone; no shifting to the left.
 Every prompt needs at least one token, and no pad inside.
 
 Randomness. Row b draws its token t with `fold_in(row_key_b, t)`, row keys being
@@ -155,6 +157,13 @@ def sample(params: Params, config: PolicyConfig, prompt_ids: jax.Array, rng: jax
                                                    prompt_len + max_response_length)
   first_logits_BxV = policy.gather_positions(logits_BxLxV, last_B[:, None])[:, 0]
   first_values_B = policy.gather_positions(values_BxL, last_B[:, None])[:, 0]
+  # Slot s < Lp holds prompt position s (or nothing past the prompt); slot Lp + t holds response
+  # token t at position len_b + t, visible once written (from step t on).
+  slots_S = jnp.arange(prompt_len + max_response_length)
+  slot_positions_BxS = jnp.where(
+      slots_S[None, :] < prompt_len,
+      jnp.where(slots_S[None, :] < lengths_B[:, None], slots_S[None, :], policy.EMPTY_SLOT),
+      lengths_B[:, None] + slots_S[None, :] - prompt_len)
 
   def keep_going(carry):
     step, emitted, *_ = carry
@@ -165,7 +174,7 @@ def sample(params: Params, config: PolicyConfig, prompt_ids: jax.Array, rng: jax
     emitted, tokens_B = _emit(emitted, row_keys, step, logits_BxV, values_B, temperature, eos_id)
     # Feeds token `step` at its row's position len_b + step; the last call's output is unused.
     logits_BxV, values_B, cache = policy.decode_step(params, config, tokens_B, lengths_B + step,
-                                                     cache)
+                                                     cache, prompt_len + step, slot_positions_BxS)
     return step + 1, emitted, cache, logits_BxV, values_B
 
   carry = (jnp.int32(0), _empty(batch, max_response_length), cache, first_logits_BxV,
@@ -201,25 +210,44 @@ def sample_without_cache(params: Params, config: PolicyConfig, prompt_ids: jax.A
   return _output(emitted)
 
 
+def token_logprobs(logits_xV: jax.Array, tokens_x: jax.Array, temperature: float | jax.Array,
+                   entropy_gradient: bool = True) -> tuple[jax.Array, jax.Array]:
+  """(log-prob of each token, entropy) under the sampling distribution of `logits_xV`.
+
+  From the log-normaliser: log p(y) = z_y − logsumexp(z) and H = logsumexp(z) − Σ p z, with no
+  [..., V] log-softmax array; the token's logit is picked by a one-hot product (its gradient is
+  elementwise, where a gather's is a scatter). entropy_gradient=False: H is a statistic only.
+  """
+  scaled_xV = sampling_logits(logits_xV, temperature)
+  log_normalizer_x = jax.nn.logsumexp(scaled_xV, axis=-1)
+  one_hot_xV = jax.nn.one_hot(tokens_x, scaled_xV.shape[-1], dtype=scaled_xV.dtype)
+  logprobs_x = jnp.sum(one_hot_xV * scaled_xV, axis=-1) - log_normalizer_x
+  if not entropy_gradient:
+    scaled_xV, log_normalizer_x = jax.lax.stop_gradient((scaled_xV, log_normalizer_x))
+  probs_xV = jnp.exp(scaled_xV - log_normalizer_x[..., None])
+  entropy_x = log_normalizer_x - jnp.sum(probs_xV * scaled_xV, axis=-1)
+  return logprobs_x, entropy_x
+
+
 def response_logprobs(params: Params, config: PolicyConfig, prompt_ids: jax.Array,
-                      response_ids: jax.Array,
-                      temperature: float | jax.Array = 1.0) -> ResponseScores:
+                      response_ids: jax.Array, temperature: float | jax.Array = 1.0,
+                      entropy_gradient: bool = True) -> ResponseScores:
   """Per-token log-probs, values and entropies of given responses, in one forward pass.
 
   Works for any policy with this config (π being trained, π0, the SFT model): for PPO the
   per-token KL penalty is logprobs_π − logprobs_π0, the ratio exp(logprobs_θ − logprobs_old).
   Use the sampling temperature (module docstring). Responses are [B, Lr], aligned at the
-  response start, pad after EOS, no pad inside. Traceable; jit it with `config` static.
+  response start, pad after EOS, no pad inside. Logits are computed at the response's
+  prediction positions only. entropy_gradient=False stops the entropy's gradient (when it is
+  only reported). Traceable; jit it with `config` static.
   """
   tokens_BxL, prediction_positions_BxLr = policy.pack_prompt_response(prompt_ids, response_ids)
-  logits_BxLxV, values_BxL = policy.forward(params, config, tokens_BxL)
-  logits_BxLrxV = policy.gather_positions(logits_BxLxV, prediction_positions_BxLr)
-  log_probs_BxLrxV = jax.nn.log_softmax(sampling_logits(logits_BxLrxV, temperature), axis=-1)
-  logprobs_BxLr = jnp.take_along_axis(log_probs_BxLrxV, response_ids[..., None], axis=-1)[..., 0]
-  entropy_BxLr = -jnp.sum(jnp.exp(log_probs_BxLrxV) * log_probs_BxLrxV, axis=-1)
+  logits_BxLrxV, values_BxLr = policy.forward_at(params, config, tokens_BxL,
+                                                 prediction_positions_BxLr)
+  logprobs_BxLr, entropy_BxLr = token_logprobs(logits_BxLrxV, response_ids, temperature,
+                                               entropy_gradient)
   mask_BxLr = response_mask(response_ids)
   keep = mask_BxLr.astype(bool)
-  values_BxLr = policy.gather_positions(values_BxL, prediction_positions_BxLr)
   return ResponseScores(logprobs=jnp.where(keep, logprobs_BxLr, 0.0),
                         values=jnp.where(keep, values_BxLr, 0.0),
                         entropy=jnp.where(keep, entropy_BxLr, 0.0),
