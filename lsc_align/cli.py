@@ -61,7 +61,8 @@ def _launch_flags() -> tuple[tuple[str, dict[str, Any]], ...]:
   return tpu.FLAGS
 
 
-_EXP_DIR = _path('--exp_dir', required=True, help='experiment directory (lsc_align.pipeline.layout)')
+_EXP_DIR = _path('--exp_dir', required=True,
+                 help='experiment directory (lsc_align.pipeline.layout)')
 _OBJECTIVE = ('--objective', {'required': True,
                               'help': 'objective name under configs/objectives/, or a .gin path'})
 
@@ -151,6 +152,17 @@ COMMANDS: dict[str, Command] = {
                          'the paper\'s experiments on the world, several seeds, with the report',
                          (_path('--out', default='lsc_reproduce', help='experiment directory'),),
                          ('experiments/reproduce.gin',)),
+    'claims': Command('lsc_align.pipeline.worlds', 'claims_main',
+                      'LSC sum vs the best weighted raw sum (AND win rate) over several worlds', (
+                          _path('--out', default='lsc_claims',
+                                help='output root (one experiment directory per world)'),
+                          ('--world', {'action': 'append', 'default': None,
+                                       'help': 'one world: WorldConfig bindings separated by ";" '
+                                               '("" = default world); repeatable, replaces '
+                                               'run_claims.worlds'}),
+                          ('--ppo', {'action': 'store_true', 'default': None,
+                                     'help': 'also PPO per world (costly)'})),
+                      ('experiments/worlds.gin',)),
     'launch': Command('launch.tpu', 'main',
                       'create / install / run / delete TPU VMs; sweeps per point or sequential',
                       _launch_flags()),

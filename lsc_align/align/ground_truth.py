@@ -198,7 +198,8 @@ def make_setup(problem: GroundTruthProblem, objective: Objective, gamma: float,
                copies: int = 4) -> Any:
   """A `ppo.PPOSetup` on the problem: its prompts (each `copies` times, so a batch may repeat a
   prompt), its reward models and the exact π0-median references."""
-  from lsc_align.align import ppo  # pylint: disable=g-import-not-at-top  (ppo imports this module's peers)
+  # ppo imports this module's peers, hence the late import.
+  from lsc_align.align import ppo  # pylint: disable=g-import-not-at-top
   if hp.max_response_length != problem.sizes.max_response_length:
     raise ValueError(f'hp.max_response_length {hp.max_response_length} != the problem\'s '
                      f'{problem.sizes.max_response_length}')

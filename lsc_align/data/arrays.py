@@ -96,7 +96,8 @@ def cache_key(data_dir: str | os.PathLike[str], vocabulary_path: str | os.PathLi
     for split_name, path in hh.split_files(os.path.join(data_dir, subset)).items():
       files[f'{subset}/{split_name}'] = [os.path.basename(path), *io_utils.file_signature(path)]
   settings = {'version': CACHE_FORMAT_VERSION, 'data_dir': data_dir, 'files': files,
-              'vocabulary': io_utils.file_digest(check_vocabulary_path(vocabulary_path)), 'kind': kind,
+              'vocabulary': io_utils.file_digest(check_vocabulary_path(vocabulary_path)),
+              'kind': kind,
               'split': split, 'lengths': {k: int(v) for k, v in sorted(feature_lengths.items())},
               'validation_fraction': validation_fraction}
   if lenient:  # a strict read fails on a bad line where a lenient one skips it

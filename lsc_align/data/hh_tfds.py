@@ -6,7 +6,8 @@ exist on disk; when a subset has neither `train` nor `validation` files (the sha
 `test`), 'train' and 'validation' are also prepared, derived from 'test' by a hash of the prompt
 (`lsc_align.data.hh.load_split`; 80/20 by default). Examples keep file order (shuffling disabled),
 so index i of a split is its i-th valid pair. A bad line is an error naming file and line unless
-`lenient` (the real test files contain 10), when bad lines are skipped and recorded in the dataset's metadata under 'skipped_lines'.
+`lenient` (the real test files contain 10), when bad lines are skipped and recorded in the
+dataset's metadata under 'skipped_lines'.
 
     builder = hh_tfds.prepare('/work/shared/data/hh-rlhf', '/tmp/tfds', 'helpful-base')
     test = builder.as_data_source('test')     # random access: test[17]['prompt'] -> bytes

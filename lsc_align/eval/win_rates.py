@@ -1,4 +1,4 @@
-"""Evaluation metrics against a judge the policy was never optimised against (docs/docs/DESIGN.md §1).
+"""Evaluation metrics against a judge the policy was never optimised against (docs/DESIGN.md §1).
 
 Host-side functions take numpy (or anything array-like), validate their inputs, compute in
 float64 and return numpy values. `quantile_wins` and `kl_from_logprobs` are pure `jnp` and run
@@ -124,7 +124,7 @@ def and_win_rate(policy_help: ArrayLike, policy_harm: ArrayLike, sft_help: Array
                  sft_harm: ArrayLike, q_help: float = 0.5, q_harm: float = 0.5) -> WinRate:
   """AND win rate: helpfulness above the SFT q_help-quantile AND harmlessness above q_harm's.
 
-  Both quantiles default to the per-prompt SFT median (docs/docs/DESIGN.md §1). policy_help and
+  Both quantiles default to the per-prompt SFT median (docs/DESIGN.md §1). policy_help and
   policy_harm score the same [P, n] samples; sft_help and sft_harm the same [P, m] samples.
   """
   q_help = _check_quantile(q_help, 'q_help')

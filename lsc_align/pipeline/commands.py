@@ -1,4 +1,5 @@
-"""The stage commands' functions: `lsc-align pools | references | bok | optimum | ppo | eval | sweep`.
+"""The stage commands' functions: `lsc-align pools | references | bok | optimum | ppo | eval |
+sweep`.
 
 Each takes the parsed flags (gin is already bound by cli.py), calls one pipeline function and
 prints its result as JSON lines.

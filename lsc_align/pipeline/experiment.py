@@ -4,8 +4,8 @@ sweeps → report.
 `prepare` runs the stages that every alignment run shares; `run_sweep` expands a sweep (PPO over
 objectives × γ × seeds, best-of-k and the closed-form optimum over objectives) into runs and
 runs them one after another, first training the reference predictors that its objectives'
-Gaussian references need (lsc_align.pipeline.reference_stage). Every stage is skipped when its output exists and resumed from its
-latest checkpoint when it was interrupted, so re-running a killed command continues it.
+Gaussian references need (lsc_align.pipeline.reference_stage). Every stage is skipped when its
+output exists and resumed from its latest checkpoint when it was interrupted, so re-running a killed command continues it.
 Objectives are named by their files under configs/objectives/ (`load_objective`); the weighted
 raw-sum baseline is swept over w with `weighted_variants`.
 """
@@ -96,7 +96,8 @@ def prepare(exp_dir: str, pool_sizes: pools_stage.PoolSizes | None = None,
     log: progress lines.
   """
   from lsc_align.world import dataset as world_lib  # pylint: disable=g-import-not-at-top
-  from lsc_align.train import reward_model_trainer, sft_trainer  # pylint: disable=g-import-not-at-top
+  from lsc_align.train import reward_model_trainer  # pylint: disable=g-import-not-at-top
+  from lsc_align.train import sft_trainer  # pylint: disable=g-import-not-at-top
   exp = layout.ExperimentDirs(exp_dir)  # its root is absolute
   io_utils.makedirs(exp.root)
   if (data_dir is None) != (vocabulary is None):

@@ -230,12 +230,13 @@ def build_pools(exp_dir: str, sizes: PoolSizes | None = None, seed: int = 0,
                             cache, lenient)
   pool = sample(eval_prompts, sizes.eval_pool_samples, 1)
   sft = sample(eval_prompts, sizes.eval_sft_samples, 2)
-  evaluation = {'prompt_ids': eval_prompts, 'pool_responses': pool, 'sft_responses': sft,
-                **{f'pool_{k}': v for k, v in _score_all(models, eval_prompts, pool, chunk).items()},
-                **{f'pool_{k}': v for k, v in judge_pool(judge, eval_prompts, pool).items()},
-                **{f'sft_{k}': v for k, v in _score_all(models, eval_prompts, sft, chunk).items()},
-                **{f'sft_{k}': v for k, v in judge_pool(judge, eval_prompts, sft).items()},
-                **canned_all(models, data_dir, vocabulary, eval_prompts, chunk)}
+  evaluation = {'prompt_ids': eval_prompts, 'pool_responses': pool, 'sft_responses': sft}
+  for prefix, responses in (('pool_', pool), ('sft_', sft)):
+    evaluation.update({f'{prefix}{k}': v for k, v in _score_all(models, eval_prompts, responses,
+                                                                chunk).items()})
+    evaluation.update({f'{prefix}{k}': v for k, v in judge_pool(judge, eval_prompts,
+                                                                responses).items()})
+  evaluation.update(canned_all(models, data_dir, vocabulary, eval_prompts, chunk))
   io_utils.atomic_save_npz(paths['train'], train)
   io_utils.atomic_save_npz(paths['eval'], evaluation)
   logging.info('pools written in %.1f s', time.time() - start)

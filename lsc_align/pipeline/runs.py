@@ -125,7 +125,7 @@ def run_best_of_k(exp_dir: str, objective: Objective = gin.REQUIRED,
   out = []
   for row in best_of_k.best_of_k_sweep(u, ks):
     idx = row['selected']
-    pick = lambda d: {key: _take(v, idx) for key, v in d.items()}  # pylint: disable=cell-var-from-loop
+    pick = lambda d, idx=idx: {key: _take(v, idx) for key, v in d.items()}
     out.append(evaluate_lib.evaluate(
         run=f'{run}_k{row["k"]}', method='bok', objective=objective.name,
         transform=objective.transform.value, seed=seed, k=int(row['k']),

@@ -275,7 +275,8 @@ def role_words(config: WorldConfig) -> dict[str, tuple[str, ...]]:
 def _phrase_words(config: WorldConfig) -> list[str]:
   phrases = (config.prompt_openers + config.benign_intents + config.harmful_intents +
              config.prompt_determiners + config.prompt_joiners + config.modifier_phrases +
-             config.qualifier_phrases + config.answer_openers + config.list_headers + config.sentence_starters +
+             config.qualifier_phrases + config.answer_openers + config.list_headers +
+             config.sentence_starters +
              config.answer_connectors + config.refusal_phrases + config.referral_phrases +
              config.safety_phrases + config.compliance_openers + config.evasive_phrases)
   return [w for p in phrases for w in p.split()]
