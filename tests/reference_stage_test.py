@@ -14,6 +14,7 @@ from lsc_align.align import ppo_step
 from lsc_align.align import references
 from lsc_align.pipeline import experiment
 from lsc_align.pipeline import layout
+from lsc_align.pipeline import pools_stage
 from lsc_align.pipeline import reference_stage
 from lsc_align.pipeline import runs
 from lsc_align.rewards import reference
@@ -90,14 +91,14 @@ def test_ppo_with_gaussian_references_trains_on_every_training_prompt(exp_dir):
   exp = layout.ExperimentDirs(exp_dir)
   conftest.parse_tiny_experiment_gin()
   try:
-    models = pools_stage_models(exp)
-    prompts, table, mode = runs.training_prompts(exp, objective, models)
+    models = pools_stage.load_models(exp)
+    prompts, table, mode = pools_stage.training_prompts(exp, objective, models)
     pooled = layout.load_npz(exp.pool('train'))['prompt_ids']
     assert mode == 'all' and prompts.shape[0] > pooled.shape[0]
     with pytest.raises(ValueError, match="quantile references, which exist only"):
-      runs.training_prompts(exp, experiment.load_objective('combined_lsc_sum'), models, 'all')
+      pools_stage.training_prompts(exp, experiment.load_objective('combined_lsc_sum'), models, 'all')
     # The scoring step's in-graph predictor gives the host-side table's references.
-    config, params = runs.gaussian_predictors(exp, objective)
+    config, params = reference_stage.gaussian_predictors(exp, objective)
     scorer = ppo_step.Scorer(objective, tuple(models.reward_configs[p]
                                               for p in objective.properties),
                              models.policy_config, 1.0, config)
@@ -114,7 +115,3 @@ def test_ppo_with_gaussian_references_trains_on_every_training_prompt(exp_dir):
   assert info['train_prompts'] == 'all' and info['num_train_prompts'] == prompts.shape[0]
   assert result.and_win_rate is not None and np.isfinite(result.kl)
 
-
-def pools_stage_models(exp):
-  from lsc_align.pipeline import pools_stage  # pylint: disable=g-import-not-at-top
-  return pools_stage.load_models(exp)

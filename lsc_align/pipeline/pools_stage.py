@@ -25,7 +25,7 @@ from lsc_align.world import dataset as world_lib
 from lsc_align.world import judge as world_judge
 from lsc_align.data import arrays as data_arrays
 from lsc_align.models import policy
-from lsc_align.rewards.objectives import DEFAULT_REFUSALS
+from lsc_align.rewards.objectives import DEFAULT_REFUSALS, Objective, ReferenceKind
 from lsc_align.pipeline import layout
 from lsc_align.align import references
 from lsc_align.train import reward_model_trainer
@@ -241,6 +241,34 @@ def build_pools(exp_dir: str, sizes: PoolSizes | None = None, seed: int = 0,
   io_utils.atomic_save_npz(paths['eval'], evaluation)
   logging.info('pools written in %.1f s', time.time() - start)
   return paths
+
+
+def training_prompts(exp: layout.ExperimentDirs, objective: Objective, models: Models,
+                     mode: str = 'auto') -> tuple[np.ndarray, np.ndarray, str]:
+  """(prompt_ids [N, Lp], reference table [N, P], the mode used) of a PPO run (run_ppo)."""
+  kinds = {spec.kind for spec in objective.references}
+  if mode == 'auto':
+    mode = ('all' if ReferenceKind.GAUSSIAN in kinds and ReferenceKind.QUANTILE not in kinds
+            else 'pool')
+  if mode == 'pool':
+    train = layout.load_npz(exp.pool('train'))
+    return train['prompt_ids'], references.reference_table(
+        objective, sample_rewards(train, ''), canned(train)), mode
+  if mode != 'all':
+    raise ValueError(f"run_ppo.train_prompts = {mode!r}: must be 'auto', 'pool' or 'all'")
+  if ReferenceKind.QUANTILE in kinds:
+    raise ValueError(f"run_ppo.train_prompts = 'all': objective {objective.name!r} has empirical "
+                     'quantile references, which exist only for the pooled prompts; use '
+                     "'pool', or Gaussian references")
+  sizes = PoolSizes()
+  prompts = prompt_set(exp.data, exp.vocabulary, 'train', models.prompt_length, None, 0,
+                       os.path.join(exp.root, 'pools', 'arrays'))
+  canned_props = [p for p, spec in zip(objective.properties, objective.references)
+                  if spec.kind == ReferenceKind.CANNED]
+  canned_refs = canned(canned_all(models, exp.data, exp.vocabulary, prompts, sizes.chunk,
+                                  canned_props))
+  return prompts, references.reference_table(objective, canned=canned_refs,
+                                             num_prompts=prompts.shape[0]), mode
 
 
 def sample_rewards(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:

@@ -104,6 +104,21 @@ def gaussian_moments(exp: layout.ExperimentDirs, objective: Objective, prompt_id
   return out
 
 
+def gaussian_predictors(exp: layout.ExperimentDirs, objective: Objective
+                        ) -> tuple[Any, tuple[Any, ...]]:
+  """(predictor config or None, params per objective property or None) for the scoring step."""
+  loaded = {p: load_predictor(exp, p)
+            for p in gaussian_properties(objective)}
+  if not loaded:
+    return None, ()
+  configs = {config for config, _ in loaded.values()}
+  if len(configs) > 1:
+    raise ValueError(f'objective {objective.name!r}: the Gaussian predictors of {sorted(loaded)} '
+                     'differ in size; the scoring step takes one predictor config')
+  return configs.pop(), tuple(loaded[p][1] if p in loaded else None
+                              for p in objective.properties)
+
+
 def calibrate(exp: layout.ExperimentDirs, prop: str) -> dict[str, Any]:
   """Calibration of EXP/ref_<prop> on the evaluation prompts; written to calibration.json.
 

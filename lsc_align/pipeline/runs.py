@@ -32,7 +32,7 @@ from lsc_align.models import sampling
 from lsc_align.pipeline import pools_stage
 from lsc_align.pipeline import reference_stage
 from lsc_align.rewards import aggregate
-from lsc_align.rewards.objectives import Objective, ReferenceKind
+from lsc_align.rewards.objectives import Objective
 from lsc_align.align import best_of_k, optimum, ppo, ppo_math, ppo_step
 from lsc_align.pipeline import layout
 from lsc_align.train import loop
@@ -229,8 +229,8 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
     raise ValueError(f'PPOHyperparams.max_response_length = {hp.max_response_length} but the '
                      f'pools hold responses of {pool_length} tokens (PoolSizes.response_length)')
   models = pools_stage.load_models(exp)
-  prompt_ids, table, train_prompts = training_prompts(exp, objective, models, train_prompts)
-  gaussian_config, gaussian_params = gaussian_predictors(exp, objective)
+  prompt_ids, table, train_prompts = pools_stage.training_prompts(exp, objective, models, train_prompts)
+  gaussian_config, gaussian_params = reference_stage.gaussian_predictors(exp, objective)
   scorer = ppo_step.Scorer(objective, tuple(models.reward_configs[p] for p in objective.properties),
                            models.policy_config, hp.temperature, gaussian_config)
   mesh = partitioning.create_mesh(tuple(mesh_shape))
@@ -303,49 +303,6 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
                            last_metrics=result.last_metrics, learner=learner)
   _write_results(run_dir, [evaluated])
   return evaluated
-
-
-def training_prompts(exp: layout.ExperimentDirs, objective: Objective, models: pools_stage.Models,
-                     mode: str = 'auto') -> tuple[np.ndarray, np.ndarray, str]:
-  """(prompt_ids [N, Lp], reference table [N, P], the mode used) of a PPO run (run_ppo)."""
-  kinds = {spec.kind for spec in objective.references}
-  if mode == 'auto':
-    mode = ('all' if ReferenceKind.GAUSSIAN in kinds and ReferenceKind.QUANTILE not in kinds
-            else 'pool')
-  if mode == 'pool':
-    train = layout.load_npz(exp.pool('train'))
-    return train['prompt_ids'], references.reference_table(
-        objective, pools_stage.sample_rewards(train, ''), pools_stage.canned(train)), mode
-  if mode != 'all':
-    raise ValueError(f"run_ppo.train_prompts = {mode!r}: must be 'auto', 'pool' or 'all'")
-  if ReferenceKind.QUANTILE in kinds:
-    raise ValueError(f"run_ppo.train_prompts = 'all': objective {objective.name!r} has empirical "
-                     'quantile references, which exist only for the pooled prompts; use '
-                     "'pool', or Gaussian references")
-  sizes = pools_stage.PoolSizes()
-  prompts = pools_stage.prompt_set(exp.data, exp.vocabulary, 'train', models.prompt_length, None,
-                                   0, os.path.join(exp.root, 'pools', 'arrays'))
-  canned_props = [p for p, spec in zip(objective.properties, objective.references)
-                  if spec.kind == ReferenceKind.CANNED]
-  canned = pools_stage.canned(pools_stage.canned_all(models, exp.data, exp.vocabulary, prompts,
-                                                     sizes.chunk, canned_props))
-  return prompts, references.reference_table(objective, canned=canned,
-                                             num_prompts=prompts.shape[0]), mode
-
-
-def gaussian_predictors(exp: layout.ExperimentDirs, objective: Objective
-                        ) -> tuple[Any, tuple[Any, ...]]:
-  """(predictor config or None, params per objective property or None) for the scoring step."""
-  loaded = {p: reference_stage.load_predictor(exp, p)
-            for p in reference_stage.gaussian_properties(objective)}
-  if not loaded:
-    return None, ()
-  configs = {config for config, _ in loaded.values()}
-  if len(configs) > 1:
-    raise ValueError(f'objective {objective.name!r}: the Gaussian predictors of {sorted(loaded)} '
-                     'differ in size; the scoring step takes one predictor config')
-  return configs.pop(), tuple(loaded[p][1] if p in loaded else None
-                              for p in objective.properties)
 
 
 def evaluate_ppo(exp: layout.ExperimentDirs, objective: Objective, gamma: float, seed: int,
