@@ -35,6 +35,7 @@ import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lsc_align.conventions import EOS_ID, PAD_ID
 
@@ -113,6 +114,21 @@ class RMSNorm(nn.Module):
     return (normed * scale).astype(self.dtype)
 
 
+def matmul_2d(x: jax.Array, kernel: jax.Array, num_contracting: int, dtype: Any,
+              preferred_element_type: Any = None) -> jax.Array:
+  """x[*lead, *in] @ kernel[*in, *out] as one 2-D matmul [prod lead, prod in] @ [prod in, prod out].
+
+  XLA:CPU then folds the transposes of the backward pass's weight-gradient dots into the dot
+  instead of materialising transposed (and recomputed) activations.
+  """
+  lead, inner = x.shape[:x.ndim - num_contracting], x.shape[x.ndim - num_contracting:]
+  out = kernel.shape[num_contracting:]
+  flat_x = x.astype(dtype).reshape(-1, int(np.prod(inner)))
+  flat_kernel = kernel.astype(dtype).reshape(flat_x.shape[1], -1)
+  y = jnp.dot(flat_x, flat_kernel, preferred_element_type=preferred_element_type)
+  return y.reshape(lead + out)
+
+
 class MultiAxisDense(nn.Module):
   """x[..., *in] @ kernel[*in, *features] without bias, for kernels with several axes per side.
 
@@ -134,9 +150,7 @@ class MultiAxisDense(nn.Module):
         self.logical_axes)
     kernel = self.param('kernel', init, x.shape[x.ndim - n_in:] + tuple(self.features),
                         jnp.float32)
-    contracting = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-    return jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                               (contracting, ((), ())))
+    return matmul_2d(x, kernel, n_in, self.dtype)
 
 
 # Position of a slot that holds nothing: beyond any query's position, so never visible.
@@ -213,10 +227,13 @@ class GatedMlp(nn.Module):
     dtype = jnp.dtype(cfg.dtype)
     dense = functools.partial(nn.DenseGeneral, features=cfg.mlp_dim, use_bias=False, dtype=dtype,
                               kernel_init=_kernel_init('embed', 'mlp'))
-    hidden = nn.silu(dense(name='wi_0')(x_BxTxD)) * dense(name='wi_1')(x_BxTxD)
-    hidden = nn.with_logical_constraint(hidden, ('batch', 'length', 'mlp'))
-    return nn.DenseGeneral(features=cfg.emb_dim, use_bias=False, dtype=dtype,
-                           kernel_init=_kernel_init('mlp', 'embed'), name='wo')(hidden)
+    # Rows flattened to [B·T, D]: 2-D matmuls (see matmul_2d).
+    x_NxD = x_BxTxD.reshape(-1, x_BxTxD.shape[-1])
+    hidden_NxF = nn.silu(dense(name='wi_0')(x_NxD)) * dense(name='wi_1')(x_NxD)
+    hidden_NxF = nn.with_logical_constraint(hidden_NxF, ('batch', 'mlp'))
+    out_NxD = nn.DenseGeneral(features=cfg.emb_dim, use_bias=False, dtype=dtype,
+                              kernel_init=_kernel_init('mlp', 'embed'), name='wo')(hidden_NxF)
+    return out_NxD.reshape(x_BxTxD.shape)
 
 
 class DecoderBlock(nn.Module):
@@ -283,16 +300,18 @@ class PolicyLM(nn.Module):
       new_layer_caches.append(layer_cache)
     if output_positions_BxK is not None:
       x_BxTxD = gather_positions(x_BxTxD, output_positions_BxK)
-    h_BxTxD = RMSNorm(dtype, name='decoder_norm')(x_BxTxD)
+    batch, length = x_BxTxD.shape[:2]
+    h_NxD = RMSNorm(dtype, name='decoder_norm')(x_BxTxD.reshape(batch * length, -1))
     # float32 accumulation: log-probs and their ratios need more than bfloat16's 8 bits.
-    logits_BxTxV = nn.DenseGeneral(cfg.vocab_size, use_bias=False, dtype=dtype,
-                                   kernel_init=_kernel_init('embed', 'vocab'),
-                                   dot_general=functools.partial(
-                                       jax.lax.dot_general, preferred_element_type=jnp.float32),
-                                   name='logits_dense')(h_BxTxD).astype(jnp.float32)
-    logits_BxTxV = nn.with_logical_constraint(logits_BxTxV, ('batch', 'length', 'vocab'))
-    value_input = jax.lax.stop_gradient(h_BxTxD) if cfg.detach_value_head else h_BxTxD
-    values_BxT = ValueHead(cfg, name='value_head')(value_input)
+    logits_NxV = nn.DenseGeneral(cfg.vocab_size, use_bias=False, dtype=dtype,
+                                 kernel_init=_kernel_init('embed', 'vocab'),
+                                 dot_general=functools.partial(
+                                     jax.lax.dot_general, preferred_element_type=jnp.float32),
+                                 name='logits_dense')(h_NxD).astype(jnp.float32)
+    logits_BxTxV = nn.with_logical_constraint(logits_NxV.reshape(batch, length, -1),
+                                              ('batch', 'length', 'vocab'))
+    value_input = jax.lax.stop_gradient(h_NxD) if cfg.detach_value_head else h_NxD
+    values_BxT = ValueHead(cfg, name='value_head')(value_input).reshape(batch, length)
     new_cache = None if new_layer_caches[0] is None else tuple(new_layer_caches)
     return logits_BxTxV, values_BxT, new_cache
 
