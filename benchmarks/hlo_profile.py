@@ -26,8 +26,8 @@ _CALLS = re.compile(r'calls=%?([\w.\-]+)')
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _CONTAINERS = {'while', 'conditional', 'call', 'async-start', 'async-done'}
 _NOTABLE = {'dot', 'convolution', 'reduce', 'exponential', 'log', 'tanh', 'logistic', 'rsqrt',
-            'gather', 'scatter', 'dynamic-update-slice', 'dynamic-slice', 'sort', 'rng-bit-generator',
-            'select', 'concatenate', 'transpose', 'copy', 'sine', 'cosine', 'divide', 'power',
+            'gather', 'scatter', 'dynamic-update-slice', 'dynamic-slice', 'sort',
+            'rng-bit-generator', 'select', 'concatenate', 'transpose', 'copy', 'sine', 'cosine', 'divide', 'power',
             'reduce-window', 'pad', 'iota', 'compare', 'maximum', 'shift-right-logical', 'xor'}
 
 

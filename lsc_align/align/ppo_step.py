@@ -1,10 +1,13 @@
-"""The PPO learner's jitted pieces: rollout, the scoring step, and the minibatch update.
+"""The PPO learner's jitted pieces: rollout, the scoring step, and the minibatch updates.
 
-Scoring step (docs/DESIGN.md §2), one jitted function: reward-model forward passes for each property →
-reference rewards for the batch (a per-prompt table, or the Gaussian predictor) → transform →
-aggregate → per-token KL penalty against π0 → per-token rewards for GAE. The transform and
-aggregation are the reward library's pure functions, elementwise over the batch, so they shard
-like the batch and add no host round trip.
+Scoring step (docs/DESIGN.md §2), one jitted function: reward-model forward passes for each
+property → reference rewards for the batch (a per-prompt table, or the Gaussian predictor) →
+transform → aggregate → per-token KL penalty against π0 → per-token rewards for GAE. The
+transform and aggregation are the reward library's pure functions, elementwise over the batch,
+so they shard like the batch and add no host round trip.
+
+Update: `update_step` is one minibatch step; `update_epochs` runs all epochs × minibatches as
+one compiled program (the learners' path).
 """
 from __future__ import annotations
 
