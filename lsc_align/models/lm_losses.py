@@ -29,8 +29,8 @@ def sft_loss(params: Params, config: PolicyConfig, prompt_ids: jax.Array,
   in params; jit with `config` static.
   """
   tokens_BxL, prediction_positions_BxLr = policy.pack_prompt_response(prompt_ids, response_ids)
-  logits_BxLxV, _ = policy.forward(params, config, tokens_BxL)
-  logits_BxLrxV = policy.gather_positions(logits_BxLxV, prediction_positions_BxLr)
+  # Logits at the response's prediction positions only (no [B, L, V] over the prompt).
+  logits_BxLrxV, _ = policy.forward_at(params, config, tokens_BxL, prediction_positions_BxLr)
   weights_BxLr = (response_ids != PAD_ID).astype(jnp.float32)
   loss_sum, num_tokens = masked_cross_entropy(logits_BxLrxV, response_ids, weights_BxLr)
   denominator = jnp.maximum(num_tokens, 1.0)
