@@ -1,6 +1,6 @@
 """`lsc-align demo` and `lsc-align reproduce`: a whole experiment, its report and headline.
 
-demo (configs/experiments/demo.gin, about 4.5 minutes measured on 2 CPU cores): builds the embedded
+demo (configs/experiments/demo.gin, about 3 minutes 15 s measured on 2 CPU cores): builds the
 world, trains both reward models and π0, samples the pools, runs best-of-k and the closed-form
 optimum for the combined objectives (LSC sum against the weighted raw sum over w), a small PPO
 sweep of raw vs LSC on the combined objective, evaluates everything and writes the report. It
