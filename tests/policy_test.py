@@ -239,7 +239,7 @@ def test_train_step_same_on_one_and_eight_devices(params):
 
 
 @pytest.mark.parametrize('size', ['tiny', 'small', 'base'])
-def test_gin_configs_parse(size):
+def test_gin_configs_parse(size, clean_gin):  # pylint: disable=unused-argument (unlocks gin after)
   gin_utils.parse([f'models/policy_{size}'])
   config = policy.PolicyConfig()
   assert config.num_layers >= 2 and config.emb_dim >= 64
@@ -247,4 +247,3 @@ def test_gin_configs_parse(size):
     assert config == policy.PolicyConfig(vocab_size=512, emb_dim=64, num_heads=4, head_dim=16,
                                          mlp_dim=256, num_layers=2, max_len=256,
                                          value_hidden_dim=64)
-  gin_utils.parse([])
