@@ -97,16 +97,25 @@ def test_ppo_with_gaussian_references_trains_on_every_training_prompt(exp_dir):
     assert mode == 'all' and prompts.shape[0] > pooled.shape[0]
     with pytest.raises(ValueError, match="quantile references, which exist only"):
       pools_stage.training_prompts(exp, experiment.load_objective('combined_lsc_sum'), models, 'all')
-    # The scoring step's in-graph predictor gives the host-side table's references.
-    config, params = reference_stage.gaussian_predictors(exp, objective)
-    scorer = ppo_step.Scorer(objective, tuple(models.reward_configs[p]
-                                              for p in objective.properties),
-                             models.policy_config, 1.0, config)
-    in_step = ppo_step.batch_references(scorer, jnp.asarray(table[:8]), params,
-                                        jnp.asarray(prompts[:8]))
+    # Without moments the Gaussian columns are empty; run_ppo tabulates the predictor's.
+    moments = lambda p: reference_stage.gaussian_moments(exp, objective, p)  # noqa: E731
+    _, table, _ = pools_stage.training_prompts(exp, objective, models, 'all', moments)
     host = references.reference_table(
         objective, gaussian=reference_stage.gaussian_moments(exp, objective, prompts[:8]))
+    np.testing.assert_allclose(table[:8], host, rtol=1e-6)
+    assert np.all(host != 0)
+    # The scoring step's in-graph predictor (a scorer that carries one) gives the same references.
+    loaded = [reference_stage.load_predictor(exp, p) for p in objective.properties]
+    scorer = ppo_step.Scorer(objective, tuple(models.reward_configs[p]
+                                              for p in objective.properties),
+                             models.policy_config, 1.0, loaded[0][0])
+    in_step = ppo_step.batch_references(scorer, jnp.zeros((8, 2)), tuple(p for _, p in loaded),
+                                        jnp.asarray(prompts[:8]))
     np.testing.assert_allclose(np.asarray(in_step), host, rtol=1e-5, atol=1e-5)
+    # A scorer without a predictor reads the table.
+    plain = ppo_step.Scorer(objective, scorer.reward_configs, models.policy_config, 1.0)
+    np.testing.assert_array_equal(np.asarray(ppo_step.batch_references(
+        plain, jnp.asarray(table[:8]), (), jnp.asarray(prompts[:8]))), table[:8])
     result = runs.run_ppo(exp_dir, objective, kl_coef=0.05)
   finally:
     gin.clear_config()

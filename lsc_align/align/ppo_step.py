@@ -129,10 +129,11 @@ def reward_model_rewards(configs: tuple[reward_model.RewardModelConfig, ...],
 
 def batch_references(scorer: Scorer, table_refs: jax.Array, gaussian_params: tuple[Any, ...],
                      prompt_ids: jax.Array) -> jax.Array:
-  """[B, P] references: per-prompt table entries, or the Gaussian predictor evaluated here."""
+  """[B, P] references: per-prompt table entries; a Gaussian reference is evaluated here by the
+  predictor when the scorer carries one (gaussian_config), else read from the table too."""
   columns = []
   for i, spec in enumerate(scorer.objective.references):
-    if spec.kind == ReferenceKind.GAUSSIAN:
+    if spec.kind == ReferenceKind.GAUSSIAN and scorer.gaussian_config is not None:
       mean, std = reward_model.GaussianReferenceModel(scorer.gaussian_config).apply(
           {'params': gaussian_params[i]}, prompt_ids)
       columns.append(reference.gaussian_reference(mean, std, spec.quantile))

@@ -103,7 +103,7 @@ def reference_table(objective: Objective, sample_rewards: Mapping[str, np.ndarra
     canned: property → [N] mean reward of canned responses (canned references).
     num_prompts: N, needed when no column comes from data (constant / none only).
     gaussian: property → (r_mean, r_std) [N] from its predictor (Gaussian references). Without
-      it a Gaussian column is 0: the PPO scoring step evaluates the predictor itself.
+      it a Gaussian column is 0, for a scoring step that evaluates the predictor itself.
   """
   sample_rewards, canned = dict(sample_rewards or {}), dict(canned or {})
   gaussian = dict(gaussian or {})

@@ -38,12 +38,6 @@ class PairedComparison:
     return float(np.mean(np.subtract(self.values, self.baseline_values)))
 
 
-def _metric(result: eval_results.RunResult, metric: str) -> float | None:
-  if metric == 'and_win_rate':
-    return result.and_win_rate
-  return result.metrics().get(metric)
-
-
 def _seconds(results: Sequence[eval_results.RunResult]) -> float | None:
   values = [r.extra['train_seconds'] for r in results
             if isinstance(r.extra.get('train_seconds'), (int, float))]
@@ -86,7 +80,7 @@ def paired_comparisons(results: Sequence[eval_results.RunResult], method: str = 
     frontiers = {}
     for seed in seeds:
       for objective in (name, base):
-        points = [(r.kl, _metric(r, wanted)) for r in groups[(objective, seed)]]
+        points = [(r.kl, r.metrics().get(wanted)) for r in groups[(objective, seed)]]
         points = [(k, v) for k, v in points if v is not None]
         if len(points) < 2:
           break

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import gin
 import jax
@@ -244,16 +244,23 @@ def build_pools(exp_dir: str, sizes: PoolSizes | None = None, seed: int = 0,
 
 
 def training_prompts(exp: layout.ExperimentDirs, objective: Objective, models: Models,
-                     mode: str = 'auto') -> tuple[np.ndarray, np.ndarray, str]:
-  """(prompt_ids [N, Lp], reference table [N, P], the mode used) of a PPO run (run_ppo)."""
+                     mode: str = 'auto',
+                     gaussian_moments: Callable[[np.ndarray], Mapping[str, Any]] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, str]:
+  """(prompt_ids [N, Lp], reference table [N, P], the mode used) of a PPO run (run_ppo).
+
+  gaussian_moments: prompt_ids -> property -> (r_mean, r_std), for the objective's Gaussian
+  references (one predictor pass per prompt, once; the table then holds them).
+  """
   kinds = {spec.kind for spec in objective.references}
   if mode == 'auto':
     mode = ('all' if ReferenceKind.GAUSSIAN in kinds and ReferenceKind.QUANTILE not in kinds
             else 'pool')
   if mode == 'pool':
     train = layout.load_npz(exp.pool('train'))
+    moments = gaussian_moments(train['prompt_ids']) if gaussian_moments else None
     return train['prompt_ids'], references.reference_table(
-        objective, sample_rewards(train, ''), canned(train)), mode
+        objective, sample_rewards(train, ''), canned(train), gaussian=moments), mode
   if mode != 'all':
     raise ValueError(f"run_ppo.train_prompts = {mode!r}: must be 'auto', 'pool' or 'all'")
   if ReferenceKind.QUANTILE in kinds:
@@ -267,8 +274,10 @@ def training_prompts(exp: layout.ExperimentDirs, objective: Objective, models: M
                   if spec.kind == ReferenceKind.CANNED]
   canned_refs = canned(canned_all(models, exp.data, exp.vocabulary, prompts, sizes.chunk,
                                   canned_props))
+  moments = gaussian_moments(prompts) if gaussian_moments else None
   return prompts, references.reference_table(objective, canned=canned_refs,
-                                             num_prompts=prompts.shape[0]), mode
+                                             num_prompts=prompts.shape[0],
+                                             gaussian=moments), mode
 
 
 def sample_rewards(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:

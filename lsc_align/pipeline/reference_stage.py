@@ -104,34 +104,21 @@ def gaussian_moments(exp: layout.ExperimentDirs, objective: Objective, prompt_id
   return out
 
 
-def gaussian_predictors(exp: layout.ExperimentDirs, objective: Objective
-                        ) -> tuple[Any, tuple[Any, ...]]:
-  """(predictor config or None, params per objective property or None) for the scoring step."""
-  loaded = {p: load_predictor(exp, p)
-            for p in gaussian_properties(objective)}
-  if not loaded:
-    return None, ()
-  configs = {config for config, _ in loaded.values()}
-  if len(configs) > 1:
-    raise ValueError(f'objective {objective.name!r}: the Gaussian predictors of {sorted(loaded)} '
-                     'differ in size; the scoring step takes one predictor config')
-  return configs.pop(), tuple(loaded[p][1] if p in loaded else None
-                              for p in objective.properties)
-
-
 def calibrate(exp: layout.ExperimentDirs, prop: str) -> dict[str, Any]:
   """Calibration of EXP/ref_<prop> on the evaluation prompts; written to calibration.json.
 
   Fresh samples: the evaluation pool's N π0 samples per prompt. Compared with the empirical
   quantile of the prompt's m SFT samples (another draw from π0; what a reference table built
-  with m samples would give) and a constant predictor (the training targets' averages).
+  with m samples would give) and a constant predictor (the training targets' averages, as the
+  trainer's own constant baseline).
   """
   config, params = load_predictor(exp, prop)
   arrays = layout.load_npz(exp.pool('eval'))
   samples, sft = arrays[f'pool_reward_{prop}'], arrays[f'sft_reward_{prop}']
   mean, std = reference_trainer.predict_moments(config, params, arrays['prompt_ids'])
   info = reference_trainer.reference_model_info(exp.reference_model(prop))
-  train = io_utils.load_npz(info['pool_file'])[f'reward_{prop}']
+  _, pooled = reference_trainer.pool_targets(info['pool_file'], prop, info['samples_per_prompt'])
+  train = pooled[:-info['validation_prompts']]  # the rows the predictor was trained on
   result = {
       'property': prop, 'predictor': exp.reference_model(prop),
       'fresh_samples_per_prompt': int(samples.shape[1]),

@@ -229,10 +229,11 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
     raise ValueError(f'PPOHyperparams.max_response_length = {hp.max_response_length} but the '
                      f'pools hold responses of {pool_length} tokens (PoolSizes.response_length)')
   models = pools_stage.load_models(exp)
-  prompt_ids, table, train_prompts = pools_stage.training_prompts(exp, objective, models, train_prompts)
-  gaussian_config, gaussian_params = reference_stage.gaussian_predictors(exp, objective)
+  prompt_ids, table, train_prompts = pools_stage.training_prompts(
+      exp, objective, models, train_prompts,
+      lambda prompts: reference_stage.gaussian_moments(exp, objective, prompts))
   scorer = ppo_step.Scorer(objective, tuple(models.reward_configs[p] for p in objective.properties),
-                           models.policy_config, hp.temperature, gaussian_config)
+                           models.policy_config, hp.temperature)
   mesh = partitioning.create_mesh(tuple(mesh_shape))
   if convergence is not None:  # the last prompts validate, the rest train
     held = convergence.validation_prompts
@@ -242,8 +243,7 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
   setup = ppo.PPOSetup(scorer=scorer, hp=hp, kl_coef=gamma,
                        reward_params=tuple(models.reward_params[p] for p in objective.properties),
                        ref_policy_params=models.policy_params, prompt_ids=prompt_ids,
-                       table_refs=table, batch_size=batch_size, seed=seed,
-                       gaussian_params=gaussian_params, mesh=mesh)
+                       table_refs=table, batch_size=batch_size, seed=seed, mesh=mesh)
   # Replicated on the mesh (the batch is what is split over 'data'); a restored checkpoint
   # takes the template's placement, so a resumed run lives on the same devices.
   # (Built under jit: device_put cannot target non-addressable devices on a multi-host mesh.)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -104,6 +105,12 @@ def make_train_step(model: reward_model.GaussianReferenceModel, learning_rate: o
   return train_step
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _moments(config: reward_model.RewardModelConfig, params: Any,
+             prompt_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+  return reward_model.GaussianReferenceModel(config).apply({'params': params}, prompt_ids)
+
+
 def predict_moments(config: reward_model.RewardModelConfig, params: Any, prompt_ids: np.ndarray,
                     batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
   """(r_mean, r_std) per prompt as float64 numpy [N], in fixed-size jitted batches, checked.
@@ -112,13 +119,11 @@ def predict_moments(config: reward_model.RewardModelConfig, params: Any, prompt_
     ValueError: a predicted mean that is not finite or a std that is not > 0 (naming the row).
   """
   prompt_ids = np.asarray(prompt_ids, np.int32)
-  apply = jax.jit(lambda p, x: reward_model.GaussianReferenceModel(config).apply(
-      {'params': p}, x))
   means, stds = [], []
   for start in range(0, prompt_ids.shape[0], batch_size):
     rows = prompt_ids[start:start + batch_size]
     padded = np.concatenate([rows, np.repeat(rows[:1], batch_size - len(rows), axis=0)])
-    mean, std = jax.device_get(apply(params, jnp.asarray(padded)))
+    mean, std = jax.device_get(_moments(config, params, jnp.asarray(padded)))
     means.append(mean[:len(rows)])
     stds.append(std[:len(rows)])
   return reference.check_moments(np.concatenate(means), np.concatenate(stds),
