@@ -51,3 +51,27 @@ def test_one_seed_has_no_interval():
   rows = paired.paired_comparisons(_frontiers([(0.0, 0.0)], shift=-0.02), kls=[2.0, 9.0])
   assert len(rows) == 1 and rows[0].interval is None
   assert rows[0].difference == pytest.approx(-0.02) and np.isfinite(rows[0].values[0])
+
+
+def test_against_raw_pairs_each_transform_with_the_raw_objective_of_its_property():
+  results = [_run(o, 0, 1.0, 0.3, transform=t) for o, t in [
+      ('helpful_raw', 'raw'), ('helpful_lsc', 'lsc'), ('helpful_centered', 'centered'),
+      ('harmless_raw', 'raw'), ('harmless_lsc', 'lsc'), ('combined_lsc_sum', 'lsc'),
+      ('combined_raw_sum', 'raw')]]
+  assert paired.against_raw_pairs(results) == [
+      ('combined_lsc_sum', 'combined_raw_sum'), ('harmless_lsc', 'harmless_raw'),
+      ('helpful_centered', 'helpful_raw'), ('helpful_lsc', 'helpful_raw')]
+  assert paired.against_raw_pairs(results, 'rloo') == []  # no RLOO runs
+
+
+def test_learners_are_compared_separately():
+  """RLOO runs of the same objectives do not enter the PPO comparison, and vice versa."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  ppo_runs = _frontiers([(0.0, 0.0), (0.1, 0.0)], shift=0.05)
+  rloo_runs = [dataclasses.replace(r, method='rloo', and_win_rate=r.and_win_rate - 0.2)
+               for r in _frontiers([(0.0, 0.0), (0.1, 0.0)], shift=-0.03)]
+  both = ppo_runs + rloo_runs
+  assert [r.difference for r in paired.paired_comparisons(both)] == [pytest.approx(0.05)] * 2
+  rows = paired.paired_comparisons(both, 'rloo')
+  assert [r.difference for r in rows] == [pytest.approx(-0.03)] * 2
+  assert {r.method for r in rows} == {'rloo'}

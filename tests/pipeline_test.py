@@ -120,6 +120,28 @@ def test_sweep_skips_finished_runs_and_report_reads_them(exp_dir):
                          optimum_objectives=[], kl_coefs={'other': [0.1]}, log=lambda _: None)
 
 
+def test_sweep_runs_each_learner_with_its_scoped_bindings(exp_dir):
+  import gin  # pylint: disable=g-import-not-at-top
+  with gin.unlock_config():
+    gin.parse_config(['ppo/run_ppo.batch_size = 16',
+                      'rloo/ppo.PPOHyperparams.samples_per_prompt = 2'])
+  done = experiment.run_sweep(exp_dir, ppo_objectives=['helpful_raw'], kl_coefs=[0.7],
+                              learners=['ppo', 'rloo'], bok_objectives=[],
+                              optimum_objectives=[], log=lambda _: None)
+  assert [os.path.basename(d) for d in done] == ['ppo_helpful_raw_g0.7_s0',
+                                                 'rloo_helpful_raw_g0.7_s0']
+  info = [json.loads(open(os.path.join(d, 'run.json'), encoding='utf-8').read()) for d in done]
+  assert [i['learner'] for i in info] == ['ppo', 'rloo']
+  assert [(i['batch_size'], i['hp']['samples_per_prompt']) for i in info] == [(16, 1), (8, 2)]
+  assert info[0]['hp']['policy_lr'] == info[1]['hp']['policy_lr']  # unscoped: shared
+  methods = {r.run: r.method for r in results_lib.load_run_results(os.path.join(exp_dir, 'runs'))}
+  assert methods['ppo_helpful_raw_g0.7_s0'] == 'ppo'
+  assert methods['rloo_helpful_raw_g0.7_s0'] == 'rloo'
+  with pytest.raises(ValueError, match="run_sweep.learners: \\['grpo'\\]"):
+    experiment.run_sweep(exp_dir, ppo_objectives=['helpful_raw'], kl_coefs=[0.7],
+                         learners=['ppo', 'grpo'], log=lambda _: None)
+
+
 def test_ppo_refuses_a_response_length_other_than_the_pools(exp_dir, tmp_path):
   import dataclasses  # pylint: disable=g-import-not-at-top
   from lsc_align.align import ppo_step  # pylint: disable=g-import-not-at-top

@@ -181,3 +181,24 @@ def test_optimum_gaps_skip_metrics_the_optimum_lacks():
   first = next(g for g in gaps if g['metric'] == 'win_rate/helpful' and g['kl'] == 3.05)
   assert first['ppo'] == pytest.approx(0.545)
   assert first['optimum'] == pytest.approx(0.32 + 0.08 * 3.05)  # linear optimum frontier
+
+
+def test_report_compares_rloo_runs_on_their_own_frontier(tmp_path):
+  """RLOO is a method of its own: its own matched-KL rows, paired rows and optimum gaps."""
+  rows = [r for r in _sweep() if r['objective'] in ('helpful_raw', 'helpful_lsc')]
+  rloo = [dict(r, method='rloo', run=r['run'].replace('ppo-', 'rloo-'),
+               win_rate={**r['win_rate'], 'helpful': r['win_rate']['helpful'] - 0.1})
+          for r in rows if r['method'] == 'ppo']
+  report.write_report(rows + rloo, tmp_path)
+  text = (tmp_path / 'report.md').read_text()
+  ppo_line = next(l for l in text.splitlines() if l.startswith('| ppo | 6.050 | helpful_lsc |'))
+  rloo_line = next(l for l in text.splitlines() if l.startswith('| rloo | 6.050 | helpful_lsc |'))
+  assert '| 0.785 vs 0.605 (+0.180) |' in ppo_line
+  assert '| 0.685 vs 0.505 (+0.180) |' in rloo_line  # RLOO's own values, not PPO's
+  assert '## Against raw rewards, seed by seed at matched KL' in text
+  paired_rows = [l for l in text.splitlines() if l.startswith('| rloo | win_rate/helpful |')]
+  assert paired_rows and all('| helpful_lsc | helpful_raw | 2 |' in l for l in paired_rows)
+  gaps = [l for l in text.splitlines() if l.startswith('| rloo | helpful_lsc | γ=')]
+  assert gaps, 'RLOO points are compared with the optimum'
+  with pytest.raises(ValueError, match='needs field "gamma"'):
+    results.RunResult.from_json(dict(rloo[0], gamma=None))

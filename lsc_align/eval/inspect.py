@@ -248,7 +248,7 @@ def combined_points(points: Sequence[FrontierPoint]) -> list[FrontierPoint]:
 
 def objectives_with_ppo_and_optimum(points: Sequence[FrontierPoint]) -> list[str]:
   """Objectives that have both PPO points and closed-form optimum points, sorted."""
-  ppo = {p.objective for p in points if p.method == 'ppo'}
+  ppo = {p.objective for p in points if p.method in results_lib.LEARNER_METHODS}
   return sorted(ppo & {p.objective for p in points if p.method == 'optimum'})
 
 

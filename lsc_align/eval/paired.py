@@ -53,7 +53,7 @@ def paired_comparisons(results: Sequence[eval_results.RunResult], method: str = 
 
   Args:
     results: evaluated runs (several γ per objective and seed).
-    method: which runs ('ppo').
+    method: which runs ('ppo' or 'rloo').
     metric: 'and_win_rate' or a metrics() name; default: AND for combined objectives, else
       win_rate/<property>.
     pairs: (objective, baseline) names; default every pair of objectives of the same transform
@@ -111,6 +111,16 @@ def paired_comparisons(results: Sequence[eval_results.RunResult], method: str = 
       out.append(PairedComparison(method, wanted, name, base, float(kl), tuple(seeds), values,
                                   base_values, interval, seconds))
   return out
+
+
+def against_raw_pairs(results: Sequence[eval_results.RunResult],
+                      method: str = 'ppo') -> list[tuple[str, str]]:
+  """(objective, baseline) for each non-raw objective of `method`'s runs and each raw objective
+  of the same property (e.g. ('helpful_lsc', 'helpful_raw'))."""
+  transform = {r.objective: r.transform for r in results if r.method == method}
+  return [(name, base) for name in sorted(transform) for base in sorted(transform)
+          if transform[name] != 'raw' and transform[base] == 'raw'
+          and eval_results.objective_property(name) == eval_results.objective_property(base)]
 
 
 def table(comparisons: Sequence[PairedComparison]) -> list[str]:

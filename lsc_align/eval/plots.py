@@ -193,12 +193,15 @@ def plot_ablation(points: Sequence[FrontierPoint], path: str) -> str:
 
 
 def plot_optimum_frontier(points: Sequence[FrontierPoint], path: str) -> str:
-  """Closed-form optimum as a line, PPO as points with error bars, per win-rate metric."""
-  ppo_objectives = {p.objective for p in points if p.method == 'ppo'}
-  both = sorted(ppo_objectives & {p.objective for p in points if p.method == 'optimum'})
+  """Closed-form optimum as a line, PPO and RLOO as points with error bars, per win-rate
+  metric."""
+  learned = {p.objective for p in points if p.method in eval_results.LEARNER_METHODS}
+  both = sorted(learned & {p.objective for p in points if p.method == 'optimum'})
   if not both:
-    raise MissingData('no objective has both PPO runs and closed-form optimum ("optimum") runs')
-  selected = [p for p in points if p.objective in both and p.method in ('ppo', 'optimum')]
+    raise MissingData('no objective has both PPO (or RLOO) runs and closed-form optimum '
+                      '("optimum") runs')
+  selected = [p for p in points if p.objective in both
+              and (p.method in eval_results.LEARNER_METHODS or p.method == 'optimum')]
   names = _metric_names(selected, 'win_rate/') + _metric_names(selected, 'and_win_rate')
   colors = objective_colors(points)
   fig, axes = _new_figure(1, len(names), legend_width=_LEGEND_WIDTH)
@@ -206,15 +209,18 @@ def plot_optimum_frontier(points: Sequence[FrontierPoint], path: str) -> str:
     ax = axes[0, col]
     for objective in both:
       optimum = [p for p in selected if p.objective == objective and p.method == 'optimum']
-      ppo = [p for p in selected if p.objective == objective and p.method == 'ppo']
       _draw_frontier(ax, optimum, metric, colors[objective], f'{objective} optimum', style='-',
                      error_bars=False)
-      _draw_frontier(ax, ppo, metric, colors[objective], f'{objective} PPO', style='o')
+      for method, style in zip(eval_results.LEARNER_METHODS, ('o', 's')):
+        learned_points = [p for p in selected if p.objective == objective and p.method == method]
+        if learned_points:
+          _draw_frontier(ax, learned_points, metric, colors[objective],
+                         f'{objective} {method.upper()}', style=style)
     ax.set_title(metric, fontsize=9)
     ax.set_xlabel('KL(π ‖ π0)', fontsize=8)
     ax.grid(alpha=0.3)
   _figure_legend(fig, axes)
-  fig.suptitle('PPO against the closed-form optimum', fontsize=10)
+  fig.suptitle('Learners against the closed-form optimum', fontsize=10)
   return _save(fig, path)
 
 

@@ -117,17 +117,18 @@ def matched_kl_comparisons(points: Sequence[FrontierPoint],
 
 
 def optimum_gaps(points: Sequence[FrontierPoint]) -> list[dict[str, Any]]:
-  """For each PPO point, its win rates and the closed-form optimum's at the same KL."""
+  """For each PPO or RLOO point, its win rates and the closed-form optimum's at the same KL."""
   optimum = _frontiers(points, 'optimum')
   rows = []
   for point in points:
-    if point.method != 'ppo' or point.objective not in optimum:
+    if point.method not in eval_results.LEARNER_METHODS or point.objective not in optimum:
       continue
     for metric in sorted(n for n in point.values if 'win_rate' in n):
       best = _interpolate(optimum[point.objective], metric, point.kl)
       if np.isfinite(best):
         rows.append(dict(objective=point.objective, label=point.label, kl=point.kl,
-                         metric=metric, ppo=point.values[metric], optimum=float(best)))
+                         metric=metric, ppo=point.values[metric], optimum=float(best),
+                         method=point.method))
   return rows
 
 
@@ -231,18 +232,31 @@ def render_markdown(results: Sequence[RunResult], points: Sequence[FrontierPoint
   else:
     lines.append('No comparison: no pair of a raw objective and another transform of the same '
                  'property with overlapping KL ranges.')
-  lines += ['', '## PPO against the closed-form optimum', '']
+  against_raw = [row for method in eval_results.LEARNER_METHODS
+                 for row in paired.paired_comparisons(
+                     results, method, pairs=paired.against_raw_pairs(results, method))]
+  if against_raw:
+    lines += ['', '## Against raw rewards, seed by seed at matched KL', '',
+              'Each transformed objective against each raw objective of the same property, per '
+              'learner: each seed\'s frontier (one run per γ) interpolated to the same KL, '
+              'difference = objective − baseline averaged over seeds, with a 95% t-interval '
+              'across seeds (the seed\'s own variation paired out).', '']
+    lines += paired.table(against_raw)
+  lines += ['', '## Learners against the closed-form optimum', '']
   if gaps:
-    lines += _table(['objective', 'point', 'KL', 'metric', 'PPO', 'optimum at same KL', 'gap'],
-                    [[g['objective'], g['label'], f'{g["kl"]:.3f}', g['metric'], _fmt(g['ppo']),
-                      _fmt(g['optimum']), f'{g["ppo"] - g["optimum"]:+.3f}'] for g in gaps])
+    lines += _table(['learner', 'objective', 'point', 'KL', 'metric', 'learner\'s value',
+                     'optimum at same KL', 'gap'],
+                    [[g['method'], g['objective'], g['label'], f'{g["kl"]:.3f}', g['metric'],
+                      _fmt(g['ppo']), _fmt(g['optimum']), f'{g["ppo"] - g["optimum"]:+.3f}']
+                     for g in gaps])
   else:
-    lines.append('No gap computed: no PPO point lies inside the KL range of an "optimum" '
-                 'frontier of the same objective.')
-  paired_rows = paired.paired_comparisons(results)
+    lines.append('No gap computed: no PPO or RLOO point lies inside the KL range of an '
+                 '"optimum" frontier of the same objective.')
+  paired_rows = [row for method in eval_results.LEARNER_METHODS
+                 for row in paired.paired_comparisons(results, method)]
   if paired_rows:
     lines += ['', '## Variants of one utility, seed by seed at matched KL', '',
-              'PPO objectives of the same transform and property (e.g. other reference rewards), '
+              'Objectives of the same transform and property (e.g. other reference rewards), '
               'each seed\'s frontier interpolated to the same KL; difference = objective − '
               'baseline, averaged over seeds, with a 95% t-interval across seeds.', '']
     lines += paired.table(paired_rows)

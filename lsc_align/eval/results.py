@@ -2,8 +2,8 @@
 
 One run's eval result is a JSON object (file `eval_results.json` in the run directory, or one
 line of an `eval_results.jsonl`); the schema is `RunResult`'s fields. Required keys: run, method,
-objective, transform, seed, kl, win_rate; gamma is required (non-null) for method "ppo" and
-"optimum", k for "bok". Every other key may be missing or null, and the report then skips what
+objective, transform, seed, kl, win_rate; gamma is required (non-null) for the policy learners
+("ppo", "rloo") and "optimum", k for "bok". Every other key may be missing or null, and the report then skips what
 needs it. Unknown keys are kept in `extra` and written back by `to_json`.
 
 Flat metric names used by the report and plots: 'kl', 'win_rate/<property>', 'and_win_rate',
@@ -22,7 +22,8 @@ import numpy as np
 
 from lsc_align import io_utils
 
-METHODS = ('ppo', 'bok', 'optimum')
+METHODS = ('ppo', 'rloo', 'bok', 'optimum')
+LEARNER_METHODS = ('ppo', 'rloo')  # trained policies (one run per γ and seed)
 RESULT_FILENAMES = ('eval_results.json', 'eval_results.jsonl')
 REQUIRED_FIELDS = ('run', 'method', 'objective', 'transform', 'seed', 'kl', 'win_rate')
 # Flat metric name prefix -> the RunResult field holding its confidence intervals.
@@ -36,7 +37,7 @@ Interval = tuple[float, float]
 class RunResult:
   """One evaluated policy (a PPO run at one γ, best-of-k at one k, or the closed-form optimum)."""
   run: str
-  method: str                      # 'ppo' | 'bok' | 'optimum'
+  method: str                      # 'ppo' | 'rloo' | 'bok' | 'optimum'
   objective: str                   # e.g. 'helpful_raw', 'helpful_lsc', 'combined_lsc_sum'
   transform: str                   # 'raw' | 'centered' | 'log_sigmoid' | 'lsc' | ...
   seed: int
@@ -71,7 +72,7 @@ class RunResult:
       raise ValueError(f'{where}: field "method" must be one of {METHODS}, got {method!r}')
     gamma = _optional_number(obj.get('gamma'), 'gamma', where)
     k = obj.get('k')
-    if method in ('ppo', 'optimum') and gamma is None:
+    if (method in LEARNER_METHODS or method == 'optimum') and gamma is None:
       raise ValueError(f'{where}: method {method!r} needs field "gamma" (the KL coefficient)')
     if method == 'bok' and k is None:
       raise ValueError(f'{where}: method "bok" needs field "k"')

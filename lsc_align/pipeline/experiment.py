@@ -22,6 +22,7 @@ import gin
 
 from lsc_align import gin_utils
 from lsc_align import io_utils
+from lsc_align.align import rloo
 from lsc_align.pipeline import runs
 from lsc_align.pipeline import pools_stage
 from lsc_align.pipeline import reference_stage
@@ -142,14 +143,22 @@ def run_sweep(exp_dir: str, ppo_objectives: Sequence[str] = (),
               optimum_objectives: Sequence[str] = (),
               optimum_kl_coefs: Sequence[float] = (0.03, 0.1, 0.3, 1.0),
               helpful_weights: Sequence[float] = (), ppo_helpful_weights: Sequence[float] = (),
-              log: Any = print) -> list[str]:
+              learners: Sequence[str] = ('ppo',), log: Any = print) -> list[str]:
   """Runs every point of the sweep that has no eval results yet; returns the run directories.
 
   kl_coefs is a list of γ for every PPO objective, or a mapping objective name → list (raw and
   transformed utilities live on different scales, so their γ ranges differ). An objective name
   ending in 'raw_sum' expands to one weighted variant per helpful_weights entry for best-of-k
   and the optimum, and per ppo_helpful_weights entry for PPO (when given).
+
+  learners: every PPO point runs once per learner ('ppo', 'rloo'), in runs/<learner>_... Each
+  learner's run_ppo is called inside the gin scope of its name, so a config sets one learner's
+  own settings with scoped bindings, e.g. `rloo/run_ppo.batch_size = 16` and
+  `rloo/ppo.PPOHyperparams.samples_per_prompt = 4`; unscoped bindings apply to every learner.
   """
+  unknown = sorted(set(learners) - set(rloo.LEARNERS))
+  if unknown or not learners:
+    raise ValueError(f'run_sweep.learners: {unknown or "none"}; known: {sorted(rloo.LEARNERS)}')
   exp = layout.ExperimentDirs(exp_dir)
 
   def expand(names: Sequence[str], weights: Sequence[float]) -> list[tuple[str, Objective]]:
@@ -189,15 +198,17 @@ def run_sweep(exp_dir: str, ppo_objectives: Sequence[str] = (),
       log(f'closed-form optimum {objective.name}: gamma in {list(optimum_kl_coefs)}')
       runs.run_optimum(exp_dir, objective, kl_coefs=optimum_kl_coefs)
     done.append(run_dir)
-  points = [(o, g, s) for name, o in expand(ppo_objectives, ppo_helpful_weights)
+  points = [(learner, o, g, s) for learner in learners
+            for name, o in expand(ppo_objectives, ppo_helpful_weights)
             for g in gammas(name) for s in seeds]
-  for i, (objective, gamma, seed) in enumerate(points, 1):
-    run_dir = exp.run(runs.ppo_run_name(objective, gamma, seed))
+  for i, (learner, objective, gamma, seed) in enumerate(points, 1):
+    run_dir = exp.run(runs.ppo_run_name(objective, gamma, seed, learner))
     if not _has_results(run_dir):
-      log(f'PPO {i}/{len(points)}: {objective.name} gamma={gamma:g} seed={seed}')
+      log(f'{learner.upper()} {i}/{len(points)}: {objective.name} gamma={gamma:g} seed={seed}')
       start = time.time()
-      result = runs.run_ppo(exp_dir, objective, kl_coef=gamma, seed=seed,
-                            resume=_resume_flag(run_dir), run_dir=run_dir)
+      with gin.config_scope(learner):
+        result = runs.run_ppo(exp_dir, objective, kl_coef=gamma, seed=seed,
+                              resume=_resume_flag(run_dir), run_dir=run_dir, learner=learner)
       loop.check_completed(result, run_dir)
       log(f'  done in {time.time() - start:.0f} s: KL {result.kl:.2f}, win rates '
           + ', '.join(f'{k} {v:.3f}' for k, v in result.win_rate.items()))

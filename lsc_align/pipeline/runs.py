@@ -344,7 +344,7 @@ def evaluate_ppo(exp: layout.ExperimentDirs, objective: Objective, gamma: float,
            'optimum_pool_checks': optimum_checks.pool_checks(u_pool, gamma),
            'final_train_metrics': dict(last_metrics)}
   return evaluate_lib.evaluate(
-      run=run, method='ppo', objective=objective.name, transform=objective.transform.value,
+      run=run, method=learner, objective=objective.name, transform=objective.transform.value,
       seed=seed, gamma=gamma, policy_judge=judged['judge'], sft_judge=_sft_judge(arrays),
       kl_per_prompt=kl, shortcut_flags=judged['flags'], proxy_rewards=judged['proxy'],
       extra=extra)
