@@ -140,6 +140,10 @@ def test_sweep_runs_each_learner_with_its_scoped_bindings(exp_dir):
   with pytest.raises(ValueError, match="run_sweep.learners: \\['grpo'\\]"):
     experiment.run_sweep(exp_dir, ppo_objectives=['helpful_raw'], kl_coefs=[0.7],
                          learners=['ppo', 'grpo'], log=lambda _: None)
+  with pytest.raises(ValueError, match="learners\\['rloo'\\] names objectives that are not"):
+    experiment.run_sweep(exp_dir, ppo_objectives=['helpful_raw'], kl_coefs=[0.7],
+                         learners={'ppo': ['helpful_raw'], 'rloo': ['harmless_raw']},
+                         log=lambda _: None)
 
 
 def test_ppo_refuses_a_response_length_other_than_the_pools(exp_dir, tmp_path):

@@ -143,7 +143,8 @@ def run_sweep(exp_dir: str, ppo_objectives: Sequence[str] = (),
               optimum_objectives: Sequence[str] = (),
               optimum_kl_coefs: Sequence[float] = (0.03, 0.1, 0.3, 1.0),
               helpful_weights: Sequence[float] = (), ppo_helpful_weights: Sequence[float] = (),
-              learners: Sequence[str] = ('ppo',), log: Any = print) -> list[str]:
+              learners: Sequence[str] | Mapping[str, Sequence[str]] = ('ppo',),
+              log: Any = print) -> list[str]:
   """Runs every point of the sweep that has no eval results yet; returns the run directories.
 
   kl_coefs is a list of γ for every PPO objective, or a mapping objective name → list (raw and
@@ -151,14 +152,21 @@ def run_sweep(exp_dir: str, ppo_objectives: Sequence[str] = (),
   ending in 'raw_sum' expands to one weighted variant per helpful_weights entry for best-of-k
   and the optimum, and per ppo_helpful_weights entry for PPO (when given).
 
-  learners: every PPO point runs once per learner ('ppo', 'rloo'), in runs/<learner>_... Each
-  learner's run_ppo is called inside the gin scope of its name, so a config sets one learner's
-  own settings with scoped bindings, e.g. `rloo/run_ppo.batch_size = 16` and
-  `rloo/ppo.PPOHyperparams.samples_per_prompt = 4`; unscoped bindings apply to every learner.
+  learners: every PPO point runs once per learner ('ppo', 'rloo'), in runs/<learner>_...; or a
+  mapping learner → the ppo_objectives it runs. Each learner's run_ppo is called inside the gin
+  scope of its name, so a config sets one learner's own settings with scoped bindings, e.g.
+  `rloo/run_ppo.batch_size = 16` and `rloo/ppo.PPOHyperparams.samples_per_prompt = 4`;
+  unscoped bindings apply to every learner.
   """
   unknown = sorted(set(learners) - set(rloo.LEARNERS))
   if unknown or not learners:
     raise ValueError(f'run_sweep.learners: {unknown or "none"}; known: {sorted(rloo.LEARNERS)}')
+  per_learner = {learner: (list(learners[learner]) if isinstance(learners, Mapping)
+                           else list(ppo_objectives)) for learner in learners}
+  for learner, names in per_learner.items():
+    if set(names) - set(ppo_objectives):
+      raise ValueError(f'run_sweep.learners[{learner!r}] names objectives that are not in '
+                       f'run_sweep.ppo_objectives: {sorted(set(names) - set(ppo_objectives))}')
   exp = layout.ExperimentDirs(exp_dir)
 
   def expand(names: Sequence[str], weights: Sequence[float]) -> list[tuple[str, Objective]]:
@@ -198,8 +206,8 @@ def run_sweep(exp_dir: str, ppo_objectives: Sequence[str] = (),
       log(f'closed-form optimum {objective.name}: gamma in {list(optimum_kl_coefs)}')
       runs.run_optimum(exp_dir, objective, kl_coefs=optimum_kl_coefs)
     done.append(run_dir)
-  points = [(learner, o, g, s) for learner in learners
-            for name, o in expand(ppo_objectives, ppo_helpful_weights)
+  points = [(learner, o, g, s) for learner, names in per_learner.items()
+            for name, o in expand(names, ppo_helpful_weights)
             for g in gammas(name) for s in seeds]
   for i, (learner, objective, gamma, seed) in enumerate(points, 1):
     run_dir = exp.run(runs.ppo_run_name(objective, gamma, seed, learner))
