@@ -12,6 +12,9 @@ passes all three checks. References are the experiment's evaluation references. 
 With --runs RUN_DIR,... each PPO/RLOO run's final policy (its latest checkpoint) is sampled
 (--policy_samples per prompt) on the same prompts; its per-prompt J = E[u] − γ KL is set against
 J*_N of the fresh pool at the run's γ for every N, with a bootstrap interval of the share.
+
+--split train does the same on the pooled training prompts (the prompts PPO and RLOO trained
+on, with the reference tables they trained with) instead of the evaluation prompts.
 """
 from __future__ import annotations
 
@@ -40,12 +43,16 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--seed', type=int, default=123)
   parser.add_argument('--runs', default='', help='PPO run directories, comma-separated')
   parser.add_argument('--policy_samples', type=int, default=16)
+  parser.add_argument('--split', choices=('eval', 'train'), default='eval',
+                      help='evaluation prompts, or the pooled training prompts')
   args = parser.parse_args(argv)
   gin_utils.parse(args.gin_file or ['experiments/demo.gin'], [])
   exp = layout.ExperimentDirs(args.exp_dir)
-  arrays = layout.load_npz(exp.pool('eval'))
+  arrays = layout.load_npz(exp.pool(args.split))
   models = pools_stage.load_models(exp)
   prompts = arrays['prompt_ids'][:args.prompts or None]
+  args.references = lambda objective: _references(args.split, exp, models, objective, arrays,
+                                                  prompts.shape[0])
   length = arrays['pool_responses'].shape[-1]
   responses = references.sample_pool(models.policy_params, models.policy_config, prompts,
                                      args.pool, jax.random.key(args.seed), length)
@@ -54,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
   out = []
   for name in args.objectives.split(','):
     objective = experiment.load_objective(name)
-    refs = runs.eval_references(objective, arrays)[:prompts.shape[0]]
+    refs = args.references(objective)
     u = runs.pool_utilities(objective, np.stack([rewards[p] for p in objective.properties], -1),
                             refs)
     for gamma in (float(g) for g in args.gammas.split(',')):
@@ -65,9 +72,19 @@ def main(argv: list[str] | None = None) -> int:
         n *= 2
   shares = [_run_share(run, exp, models, arrays, prompts, rewards, args)
             for run in args.runs.split(',') if run]
-  print(json.dumps({'exp_dir': args.exp_dir, 'prompts': int(prompts.shape[0]),
+  print(json.dumps({'exp_dir': args.exp_dir, 'split': args.split,
+                    'prompts': int(prompts.shape[0]),
                     'rows': out, 'runs': shares}, indent=1))
   return 0
+
+
+def _references(split: str, exp: layout.ExperimentDirs, models: pools_stage.Models,
+                objective: Objective, arrays: dict[str, np.ndarray], n: int) -> np.ndarray:
+  """[n, P] reference rewards: evaluation's, or the table the learners trained with."""
+  if split == 'eval':
+    return runs.eval_references(objective, arrays, exp)[:n]
+  _, table, _ = pools_stage.training_prompts(exp, objective, models, 'pool')
+  return table[:n]
 
 
 def _run_share(run_dir: str, exp: layout.ExperimentDirs, models: pools_stage.Models,
@@ -87,7 +104,7 @@ def _run_share(run_dir: str, exp: layout.ExperimentDirs, models: pools_stage.Mod
                                      hp.temperature)
   kl = runs.kl_per_prompt(params, models.policy_params, models.policy_config, prompts,
                           responses, hp.temperature, 256)
-  refs = runs.eval_references(objective, arrays)[:prompts.shape[0]]
+  refs = args.references(objective)
   u = runs.pool_utilities(objective, np.stack([references.score_pool(
       models.reward_fn(p), prompts, responses) for p in objective.properties], -1), refs)
   u_pool = runs.pool_utilities(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import gin
+
 from lsc_align.pipeline import experiment
 from lsc_align.pipeline import reference_stage
 from lsc_align.pipeline import runs
@@ -44,10 +46,15 @@ def optimum_main(args: argparse.Namespace) -> int:
 
 
 def ppo_main(args: argparse.Namespace) -> int:
-  """`lsc-align ppo --exp_dir EXP --objective NAME (--kl_coef G | --alpha A) [--resume]`."""
+  """`lsc-align ppo --exp_dir EXP --objective NAME (--kl_coef G | --alpha A) [--resume]`.
+
+  Runs inside the gin scope of its learner (run_ppo.learner), as a sweep does, so a config's
+  learner-scoped bindings (`rloo/run_ppo.batch_size = 16`) hold for a single run too.
+  """
   given = {k: getattr(args, k) for k in ('kl_coef', 'alpha', 'seed', 'run_dir')
            if getattr(args, k) is not None}  # what is not given comes from gin (run_ppo.*)
-  result = runs.run_ppo(args.exp_dir, _objective(args), resume=args.resume, **given)
+  with gin.config_scope(bound_learner()):
+    result = runs.run_ppo(args.exp_dir, _objective(args), resume=args.resume, **given)
   if result is None:
     from lsc_align.train import loop  # pylint: disable=g-import-not-at-top
     return loop.EXIT_CODE_PREEMPTED
@@ -56,6 +63,14 @@ def ppo_main(args: argparse.Namespace) -> int:
                     'objective_fraction_of_optimum':
                         result.extra.get('objective_fraction_of_optimum')}))
   return 0
+
+
+def bound_learner() -> str:
+  """run_ppo.learner as bound in gin ('ppo' when unbound)."""
+  try:
+    return str(gin.query_parameter('run_ppo.learner'))
+  except ValueError:
+    return 'ppo'
 
 
 def eval_main(args: argparse.Namespace) -> int:
