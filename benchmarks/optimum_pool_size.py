@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
   prompts = arrays['prompt_ids'][:args.prompts or None]
   args.references = lambda objective: _references(args.split, exp, models, objective, arrays,
                                                   prompts.shape[0])
-  length = arrays['pool_responses'].shape[-1]
+  length = layout.load_npz(exp.pool('eval'))['pool_responses'].shape[-1]
   responses = references.sample_pool(models.policy_params, models.policy_config, prompts,
                                      args.pool, jax.random.key(args.seed), length)
   rewards = {p: references.score_pool(models.reward_fn(p), prompts, responses)
