@@ -38,7 +38,8 @@ def pi0_rollouts(setup: Any, params: Any, rng: jax.Array) -> ppo_step.Rollout:
   from lsc_align.align import ppo  # pylint: disable=g-import-not-at-top  (ppo imports this module)
   parts = []
   for i in range(setup.schedule.steps_per_epoch):
-    batch = ppo.repeat_samples(ppo._place(setup, setup.batch(i + 1)), hp.samples_per_prompt)  # pylint: disable=protected-access
+    placed = ppo._place(setup, setup.batch(i + 1))  # pylint: disable=protected-access
+    batch = ppo.repeat_samples(placed, hp.samples_per_prompt)
     sample = sampling.sample(params, config, batch['prompt_ids'],
                              jax.random.fold_in(rng, _ROLLOUT_FOLD + i),
                              max_response_length=hp.max_response_length,

@@ -3,8 +3,8 @@
 One run's eval result is a JSON object (file `eval_results.json` in the run directory, or one
 line of an `eval_results.jsonl`); the schema is `RunResult`'s fields. Required keys: run, method,
 objective, transform, seed, kl, win_rate; gamma is required (non-null) for the policy learners
-("ppo", "rloo") and "optimum", k for "bok". Every other key may be missing or null, and the report then skips what
-needs it. Unknown keys are kept in `extra` and written back by `to_json`.
+("ppo", "rloo") and "optimum", k for "bok". Every other key may be missing or null, and the
+report then skips what needs it. Unknown keys are kept in `extra` and written back by `to_json`.
 
 Flat metric names used by the report and plots: 'kl', 'win_rate/<property>', 'and_win_rate',
 'pairwise_win_rate/<property>', 'shortcut_rate/<kind>', 'proxy_reward/<property>',

@@ -2,8 +2,9 @@
 
 Both are features that correlate with quality in collected preference data and are exploited by
 an over-optimised policy (docs/DESIGN.md §1): lists for helpfulness, "you should talk to a
-therapist" for harmlessness. Detectors take the response text only (the final Assistant turn, without the
-dialogue prefix) and are compiled regular expressions, so they are cheap to run on every sample.
+therapist" for harmlessness. Detectors take the response text only (the final Assistant turn,
+without the dialogue prefix) and are compiled regular expressions, so they are cheap to run on
+every sample.
 
 List formatting: at least `min_items` (default 2) lines that start with a list marker: "1." /
 "2)" / "(3)" / "a)" or a bullet "-", "*", "•", "·", "‣", "▪", "–", followed by whitespace and text.

@@ -5,7 +5,8 @@ sweeps → report.
 objectives × γ × seeds, best-of-k and the closed-form optimum over objectives) into runs and
 runs them one after another, first training the reference predictors that its objectives'
 Gaussian references need (lsc_align.pipeline.reference_stage). Every stage is skipped when its
-output exists and resumed from its latest checkpoint when it was interrupted, so re-running a killed command continues it.
+output exists and resumed from its latest checkpoint when it was interrupted, so re-running a
+killed command continues it.
 Objectives are named by their files under configs/objectives/ (`load_objective`); the weighted
 raw-sum baseline is swept over w with `weighted_variants`.
 """

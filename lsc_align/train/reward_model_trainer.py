@@ -2,8 +2,8 @@
 
 Trains r(x, y) (T5 encoder + pooled scalar head, lsc_align.models.reward_model) on the train-split
 pairs of one property by minimising the BT loss −log σ(r(x, y+) − r(x, y−)) (docs/DESIGN.md §1),
-sharded on a ('data', 'model') mesh. Validation pairs: the world's test split, or the split derived from
-HH test (lsc_align.data.arrays.validation_split); pairwise accuracy with a 95% Wilson
+sharded on a ('data', 'model') mesh. Validation pairs: the world's test split, or the split
+derived from HH test (lsc_align.data.arrays.validation_split); pairwise accuracy with a 95% Wilson
 interval, mean BT loss and, for the world, agreement with the gold preference.
 
 The run directory gets: config.gin (operative gin config), checkpoints/ (orbax: params, optimizer
