@@ -25,6 +25,7 @@ def test_uniform_sample_rates_by_hand():
   assert r.win_rate == pytest.approx({'helpful': 0.75, 'harmless': 0.5})
   # AND over the medians: prompt 0 [T, F], prompt 1 [F, T].
   assert r.and_win_rate == pytest.approx(0.5)
+  assert r.extra[evaluate.PER_PROMPT_AND] == pytest.approx([0.5, 0.5])
   assert r.gold_reward == pytest.approx({'helpful': (2.25 + 47.5) / 2,
                                          'harmless': (3.2 - 1.55) / 2})
   assert r.kl == pytest.approx(2.0)
@@ -40,6 +41,7 @@ def test_importance_weighted_rates_by_hand():
   r = _evaluate(sample_weights=np.array([[3., 1.], [0., 2.]]))
   assert r.win_rate == pytest.approx({'helpful': (0.75 + 1.0) / 2, 'harmless': (0.75 + 1) / 2})
   assert r.and_win_rate == pytest.approx((0.75 + 1.0) / 2)
+  assert r.extra[evaluate.PER_PROMPT_AND] == pytest.approx([0.75, 1.0])
   assert r.gold_reward['helpful'] == pytest.approx((0.75 * 3.5 + 0.25 * 1.0 + 50.0) / 2)
   assert r.shortcut_rate == pytest.approx({'list': (0.75 + 1.0) / 2})
   assert r.proxy_reward == pytest.approx({'helpful': (0.75 * 1 + 0.25 * 2 + 4.0) / 2})

@@ -17,6 +17,9 @@ from lsc_align.eval.results import RunResult
 DEFAULT_QUANTILES = {'helpful': win_rates.HELPFUL_QUANTILE,
                      'harmless': win_rates.HARMLESS_QUANTILE}
 NUM_HISTOGRAM_SAMPLES = 2000
+# extra key of the per-prompt AND win rates [P] (the mean is and_win_rate): paired comparisons
+# of two policies on the same prompts bootstrap their difference.
+PER_PROMPT_AND = 'and_win_rate_per_prompt'
 
 
 def _weights(shape: tuple[int, int], weights: np.ndarray | None) -> np.ndarray:
@@ -77,6 +80,7 @@ def evaluate(*, run: str, method: str, objective: str, transform: str, seed: int
                                                  sft_judge['harmless'], 0.5))
     per_prompt = np.sum(w * (help_wins & harm_wins), axis=1)
     and_rate, and_ci = float(per_prompt.mean()), _ci(per_prompt, seed)
+    extra = {**dict(extra or {}), PER_PROMPT_AND: per_prompt.tolist()}
   kl_per_prompt = np.asarray(kl_per_prompt, np.float64)
   shortcut_rate = {name: float(np.sum(w * np.asarray(flags, np.float64), axis=1).mean())
                    for name, flags in (shortcut_flags or {}).items()}

@@ -11,8 +11,8 @@ run_sweep, every stage skipped when done, so a killed command continues).
 * Claims (AND win rate): best-of-k at the largest k; the optimum (and PPO) at one matched KL,
   the top of every setting's common KL range, for the optimum capped at log N − margin.
 * Intervals: each side's 95% bootstrap over prompts; the difference's a paired bootstrap over
-  prompts of per-prompt AND rates recomputed from the pools (checked against the stored
-  results), the picked settings held fixed. PPO has no per-prompt data, so no paired interval.
+  prompts of the per-prompt AND rates each evaluation stores, the picked settings held fixed
+  (at matched KL, for one seed per setting; seeds averaged have no paired interval).
 * A claim holds in a world when the LSC side's value is higher; the table also counts the
   worlds where the difference's interval excludes 0, in either direction.
 """
@@ -32,12 +32,11 @@ import gin
 import numpy as np
 
 from lsc_align import io_utils
+from lsc_align.eval import evaluate
 from lsc_align.eval import results as results_lib
 from lsc_align.eval import win_rates
 from lsc_align.pipeline import experiment
 from lsc_align.pipeline import layout
-from lsc_align.pipeline import runs
-from lsc_align.align import best_of_k, optimum
 
 Interval = tuple[float, float]
 _BINDING = re.compile(r'^\s*(?:[\w.]+\.)?WorldConfig\.(\w+)\s*=\s*(.+?)\s*$')
@@ -106,34 +105,10 @@ def build_world(exp_dir: str, world: World, log: Callable[[str], Any] = print) -
   world_lib.build_world(exp.data, config)
 
 
-def per_prompt_and(exp_dir: str, objective: Any, results: Sequence[results_lib.RunResult],
-                   check: bool = True) -> dict[str, np.ndarray]:
-  """Run name → [P] per-prompt AND win rate, recomputed from the pools for `objective`'s
-  best-of-k and optimum results (the same selection and weights as runs.py). With `check`,
-  ValueError when a recomputed mean differs from the stored and_win_rate."""
-  exp = layout.ExperimentDirs(exp_dir)
-  arrays = layout.load_npz(exp.pool('eval'))
-  rewards = np.stack([arrays[f'pool_reward_{p}'] for p in objective.properties], axis=-1)
-  u = runs.pool_utilities(objective, rewards, runs.eval_references(objective, arrays, exp))
-  both = np.ones(u.shape, bool)
-  for prop in layout.PROPERTIES:
-    both &= np.asarray(win_rates.quantile_wins(arrays[f'pool_gold_{prop}'],
-                                               arrays[f'sft_gold_{prop}'], 0.5))
-  out = {}
-  for r in results:
-    if r.objective != objective.name or r.method not in ('bok', 'optimum'):
-      continue
-    if r.method == 'bok':
-      idx = best_of_k.best_of_k_sweep(u, [r.k])[0]['selected']
-      values = both[np.arange(u.shape[0]), idx].astype(np.float64)
-    else:
-      w = np.asarray(optimum.optimal_weights(u, r.gamma), np.float64)
-      values = np.sum(w / w.sum(axis=1, keepdims=True) * both, axis=1)
-    if check and r.and_win_rate is not None and abs(values.mean() - r.and_win_rate) > 1e-6:
-      raise ValueError(f'{r.run}: recomputed AND win rate {values.mean():.6f} != stored '
-                       f'{r.and_win_rate:.6f} (the pools changed after the run?)')
-    out[r.run] = values
-  return out
+def per_prompt_and(results: Sequence[results_lib.RunResult]) -> dict[str, np.ndarray]:
+  """Run name → [P] per-prompt AND win rates, as the evaluation stored them (every method)."""
+  return {r.run: np.asarray(r.extra[evaluate.PER_PROMPT_AND], np.float64) for r in results
+          if r.extra.get(evaluate.PER_PROMPT_AND) is not None}
 
 
 # ---------------------------------------------------------------- the claims table
@@ -361,7 +336,7 @@ def run_claims(out_dir: str, worlds: Sequence[Sequence[str] | str] = ((),),
         kl_coefs={n: kl_coefs['raw' if n == raw_objective else 'lsc'] for n in names}, log=wlog)
     seconds[world.name] = round(time.time() - world_start, 1)
     results = results_lib.load_run_results(os.path.join(exp_dir, 'runs'))
-    per_prompt = {k: v for o in lsc + raw for k, v in per_prompt_and(exp_dir, o, results).items()}
+    per_prompt = per_prompt_and(results)
     pool = layout.load_npz(layout.ExperimentDirs(exp_dir).pool('eval'))['pool_responses']
     for claim in CLAIMS if ppo else CLAIMS[:2]:
       cap = (math.log(pool.shape[1]) - optimum_kl_margin
