@@ -40,7 +40,8 @@ DATA_FILES = {  # name -> (file body, message fragment)
     'not_json': (_line(GOOD) + b'{"chosen": oops\n', 'train.jsonl:2: not JSON'),
     'empty_file': (b'', 'no preference pairs in'),
     'missing_key': (_line({'chosen': GOOD['chosen']}), ':1: missing key "rejected"'),
-    'empty_response': (_line({**GOOD, 'rejected': '\n\nHuman: How do I boil an egg?\n\nAssistant: '}),
+    'empty_response': (_line({**GOOD,
+                              'rejected': '\n\nHuman: How do I boil an egg?\n\nAssistant: '}),
                        ':1: empty rejected response'),
     'identical': (_line({**GOOD, 'rejected': GOOD['chosen']}), ':1: chosen and rejected dialogues'),
     'not_utf8': (b'\xff\xfe' + _line(GOOD), ':1: not UTF-8'),
@@ -189,7 +190,8 @@ def test_gin_import_of_a_moved_module_names_the_new_one(tmp_path, capsys):
   old = tmp_path / 'old.gin'
   old.write_text('import lsc_align.data.world_config\nWorldConfig.seed = 3\n')
   code, _, err = _run(['world', '--out', tmp_path / 'w', '--gin_file', old], capsys)
-  _assert_user_error(code, err, 'world', 'lsc_align.data.world_config is now lsc_align.world.config')
+  _assert_user_error(code, err, 'world',
+                     'lsc_align.data.world_config is now lsc_align.world.config')
 
 
 def test_required_binding_missing(tmp_path, capsys):
@@ -219,7 +221,8 @@ def test_unknown_objective(tmp_path, capsys):
 
 @pytest.mark.parametrize('text,fragment', [
     ("make_objective.name = 'q'\nmake_objective.properties = ['helpful']\n"
-     "make_objective.transform = 'lsc'\nmake_objective.references = {'helpful': ('quantile', 1.5)}\n",
+     "make_objective.transform = 'lsc'\n"
+     "make_objective.references = {'helpful': ('quantile', 1.5)}\n",
      'quantile in (0, 1), got 1.5'),
     ("make_objective.name = 'q'\nmake_objective.transform = @lsc\n", ":2: '@lsc' is not a literal"),
 ])
@@ -282,7 +285,8 @@ def test_missing_t5x_checkpoint(tiny_world, tmp_path, capsys):
 
 
 @pytest.mark.parametrize('argv,command,fragment', [
-    (['rm-diagnose', '--run_dir', '{tmp}/none'], 'rm-diagnose', 'reward_model.json: No such file or directory'),
+    (['rm-diagnose', '--run_dir', '{tmp}/none'], 'rm-diagnose',
+     'reward_model.json: No such file or directory'),
     (['eval', '--run_dir', '{tmp}'], 'eval', 'run.json not found'),
     (['bok', '--exp_dir', '{tmp}', '--objective', 'combined_lsc_sum_bok'], 'bok',
      'build the pools first'),

@@ -145,7 +145,8 @@ def preempt(args) -> int:
   print(f'finished status={result.status.value} step={result.step} start={result.start_step}',
         flush=True)
   if result.status is loop.TrainStatus.COMPLETED:
-    leaves = [np.asarray(x) for x in jax.tree.leaves(distributed.fetch_to_host(result.state.params))]
+    host = distributed.fetch_to_host(result.state.params)
+    leaves = [np.asarray(x) for x in jax.tree.leaves(host)]
     if distributed.is_main_process():
       np.savez(run_dir / 'final_params.npz', *leaves)
   return result.exit_code

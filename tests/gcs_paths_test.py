@@ -89,7 +89,8 @@ def bucket(tmp_path, monkeypatch):
   os.makedirs(store.root)
   real_backend = gpath.PosixGPath._backend  # pylint: disable=protected-access
   monkeypatch.setattr(gpath.PosixGPath, '_backend', property(
-      lambda self: store if self._uri_scheme == 'gs' else real_backend.fget(self)))  # pylint: disable=protected-access
+      # pylint: disable-next=protected-access
+      lambda self: store if self._uri_scheme == 'gs' else real_backend.fget(self)))
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   real_manager = ocp.CheckpointManager
 

@@ -96,7 +96,8 @@ def test_ppo_with_gaussian_references_trains_on_every_training_prompt(exp_dir):
     pooled = layout.load_npz(exp.pool('train'))['prompt_ids']
     assert mode == 'all' and prompts.shape[0] > pooled.shape[0]
     with pytest.raises(ValueError, match="quantile references, which exist only"):
-      pools_stage.training_prompts(exp, experiment.load_objective('combined_lsc_sum'), models, 'all')
+      pools_stage.training_prompts(exp, experiment.load_objective('combined_lsc_sum'), models,
+                                   'all')
     # Without moments the Gaussian columns are empty; run_ppo tabulates the predictor's.
     moments = lambda p: reference_stage.gaussian_moments(exp, objective, p)  # noqa: E731
     _, table, _ = pools_stage.training_prompts(exp, objective, models, 'all', moments)
