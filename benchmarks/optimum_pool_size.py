@@ -51,8 +51,6 @@ def main(argv: list[str] | None = None) -> int:
   arrays = layout.load_npz(exp.pool(args.split))
   models = pools_stage.load_models(exp)
   prompts = arrays['prompt_ids'][:args.prompts or None]
-  args.references = lambda objective: _references(args.split, exp, models, objective, arrays,
-                                                  prompts.shape[0])
   length = layout.load_npz(exp.pool('eval'))['pool_responses'].shape[-1]
   responses = references.sample_pool(models.policy_params, models.policy_config, prompts,
                                      args.pool, jax.random.key(args.seed), length)
@@ -61,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
   out = []
   for name in args.objectives.split(','):
     objective = experiment.load_objective(name)
-    refs = args.references(objective)
+    refs = _references(args.split, exp, models, objective, arrays, prompts.shape[0])
     u = runs.pool_utilities(objective, np.stack([rewards[p] for p in objective.properties], -1),
                             refs)
     for gamma in (float(g) for g in args.gammas.split(',')):
@@ -104,7 +102,7 @@ def _run_share(run_dir: str, exp: layout.ExperimentDirs, models: pools_stage.Mod
                                      hp.temperature)
   kl = runs.kl_per_prompt(params, models.policy_params, models.policy_config, prompts,
                           responses, hp.temperature, 256)
-  refs = args.references(objective)
+  refs = _references(args.split, exp, models, objective, arrays, prompts.shape[0])
   u = runs.pool_utilities(objective, np.stack([references.score_pool(
       models.reward_fn(p), prompts, responses) for p in objective.properties], -1), refs)
   u_pool = runs.pool_utilities(

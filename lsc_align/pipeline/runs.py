@@ -339,7 +339,7 @@ def evaluate_ppo(exp: layout.ExperimentDirs, objective: Objective, gamma: float,
   extra = {'utility': float(u.mean()), 'objective_value': reached,
            'optimum_objective_value': best, 'pi0_objective_value': baseline,
            'objective_fraction_of_optimum': fraction, 'train_seconds': round(train_seconds, 1),
-           'alpha': ppo_math.alpha_from_kl_coef(gamma), 'learner': learner,
+           'alpha': ppo_math.alpha_from_kl_coef(gamma),
            'objective_fraction_interval': share,
            'optimum_pool_checks': optimum_checks.pool_checks(u_pool, gamma),
            'final_train_metrics': dict(last_metrics)}
