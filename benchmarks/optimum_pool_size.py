@@ -9,9 +9,10 @@ objective, γ and N = 64, 128, ..., pool reports (lsc_align.align.optimum_checks
 J*_N, J*_{N/2}, the half-pool gap as a share of the gain, KL*, log N, ESS and whether the estimate
 passes all three checks. References are the experiment's evaluation references. Prints JSON.
 
-With --runs RUN_DIR,... each PPO/RLOO run's final policy (its latest checkpoint) is sampled
-(--policy_samples per prompt) on the same prompts; its per-prompt J = E[u] − γ KL is set against
-J*_N of the fresh pool at the run's γ for every N, with a bootstrap interval of the share.
+With --runs RUN_DIR,... each PPO/RLOO run's final policy (its latest checkpoint; RUN_DIR@STEP for
+a kept earlier one) is sampled (--policy_samples per prompt) on the same prompts; its per-prompt
+J = E[u] − γ KL is set against J*_N of the fresh pool at the run's γ for every N, with a
+bootstrap interval of the share.
 
 --split train does the same on the pooled training prompts (the prompts PPO and RLOO trained
 on, with the reference tables they trained with) instead of the evaluation prompts.
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 import jax
 import numpy as np
@@ -89,20 +91,37 @@ def _run_share(run_dir: str, exp: layout.ExperimentDirs, models: pools_stage.Mod
                arrays: dict[str, np.ndarray], prompts: np.ndarray,
                pool_rewards: dict[str, np.ndarray], args: argparse.Namespace) -> dict:
   """The run's per-prompt J against J*_N of the fresh pool, for every N (module docstring)."""
+  run_dir, _, at = run_dir.partition('@')
   info = json.loads(io_utils.read_text(os.path.join(run_dir, 'run.json')))
   objective = Objective.from_dict(info['objective'])
   gamma, hp = float(info['kl_coef']), ppo_step.PPOHyperparams(**info['hp'])
   template = ppo.init_state(models.policy_params, hp, info['seed'])
   with checkpointing.TrainCheckpointer(os.path.join(run_dir, 'checkpoints')) as checkpointer:
-    step = checkpointer.latest_step()
+    step = int(at) if at else checkpointer.latest_step()
     state, _ = checkpointer.restore(template, step)
-  params = state.policy.params
-  responses = references.sample_pool(params, models.policy_config, prompts, args.policy_samples,
-                                     jax.random.key(args.seed + 1), hp.max_response_length,
-                                     hp.temperature)
+  result = policy_share(state.policy.params, objective, gamma, exp, models, arrays, prompts,
+                        pool_rewards, args.split, args.policy_samples, args.seed,
+                        hp.max_response_length, hp.temperature)
+  result = {'run': os.path.basename(run_dir.rstrip('/')), 'checkpoint_step': step, **result}
+  print(json.dumps(result), file=sys.stderr, flush=True)
+  return result
+
+
+def policy_share(params: Any, objective: Objective, gamma: float, exp: layout.ExperimentDirs,
+                 models: pools_stage.Models, arrays: dict[str, np.ndarray], prompts: np.ndarray,
+                 pool_rewards: dict[str, np.ndarray], split: str, policy_samples: int,
+                 seed: int, max_response_length: int, temperature: float = 1.0) -> dict:
+  """A policy's per-prompt J = E[u] − γ KL against J*_N of π0's pool, for N = 64, 128, ...
+
+  pool_rewards: property -> [P, N] proxy rewards of π0's pool on `prompts`. Returns the KL,
+  J and, per N, KL*_N with the share of the gain and its bootstrap interval over prompts.
+  """
+  responses = references.sample_pool(params, models.policy_config, prompts, policy_samples,
+                                     jax.random.key(seed + 1), max_response_length,
+                                     temperature)
   kl = runs.kl_per_prompt(params, models.policy_params, models.policy_config, prompts,
-                          responses, hp.temperature, 256)
-  refs = _references(args.split, exp, models, objective, arrays, prompts.shape[0])
+                          responses, temperature, 256)
+  refs = _references(split, exp, models, objective, arrays, prompts.shape[0])
   u = runs.pool_utilities(objective, np.stack([references.score_pool(
       models.reward_fn(p), prompts, responses) for p in objective.properties], -1), refs)
   u_pool = runs.pool_utilities(
@@ -113,13 +132,10 @@ def _run_share(run_dir: str, exp: layout.ExperimentDirs, models: pools_stage.Mod
     best = np.asarray(optimum.optimum_objective(u_pool[:, :n], gamma), np.float64)
     rows.append({'pool_size': n, 'optimum_kl': float(np.mean(optimum.optimum_kl(
         u_pool[:, :n], gamma))), **optimum_checks.share_interval(
-            reached, best, u_pool[:, :n].mean(axis=1), seed=args.seed)})
+            reached, best, u_pool[:, :n].mean(axis=1), seed=seed)})
     n *= 2
-  result = {'run': os.path.basename(run_dir.rstrip('/')), 'objective': objective.name,
-            'gamma': gamma, 'checkpoint_step': step, 'kl': float(kl.mean()),
-            'objective_value': float(reached.mean()), 'shares': rows}
-  print(json.dumps(result), file=sys.stderr, flush=True)
-  return result
+  return {'objective': objective.name, 'gamma': gamma, 'kl': float(kl.mean()),
+          'objective_value': float(reached.mean()), 'shares': rows}
 
 
 if __name__ == '__main__':
