@@ -100,11 +100,41 @@ def parse(gin_files: Sequence[str] = (), gin_params: Sequence[str] = (),
     logging.getLogger().removeFilter(_PROBE_FILTER)
 
 
+# What the last `parse` read: [(gin file path, included by or None)] and the bindings given.
+# write_operative_config puts it, with every file's comments, at the head of a run's config.gin.
+_PARSED: dict[str, list] = {'files': [], 'bindings': []}
+
+
+def reset_parse_record() -> None:
+  """Forgets what the last `parse` read (tests that clear gin themselves call this)."""
+  _PARSED['files'], _PARSED['bindings'] = [], []
+
+
+def _included_files(path: str, by: str | None, seen: set[str]) -> list[tuple[str, str | None]]:
+  """path and, depth first in file order, every gin file it includes (as gin finds them)."""
+  if path in seen:
+    return []
+  seen.add(path)
+  found = [(path, by)]
+  for line in pathlib.Path(path).read_text().splitlines():
+    words = line.strip().split(None, 1)
+    if len(words) == 2 and words[0] == 'include':
+      name = words[1].strip().strip('\'"')
+      for candidate in (pathlib.Path(name), CONFIG_DIR / name):  # gin's order: cwd, configs/
+        if candidate.is_file():
+          found += _included_files(str(candidate), path, seen)
+          break
+  return found
+
+
 def _parse(gin_files: Sequence[str], gin_params: Sequence[str], finalize: bool) -> None:
   gin.clear_config()
+  reset_parse_record()
   gin.add_config_file_search_path(str(CONFIG_DIR))
+  seen: set[str] = set()
   for name in gin_files:
     path = resolve_gin_file(name)
+    _PARSED['files'] += _included_files(path, None, seen)
     try:
       gin.parse_config_file(path)
     except Exception as e:  # gin raises several types; all mean "this file is wrong"
@@ -114,13 +144,36 @@ def _parse(gin_files: Sequence[str], gin_params: Sequence[str], finalize: bool) 
       gin.parse_config(binding)
     except Exception as e:
       raise GinConfigError(f'gin binding {binding!r}: {e}{_moved_hint(e)}') from e
+    _PARSED['bindings'].append(binding)
   if finalize:
     gin.finalize()
 
 
+def provenance_header() -> str:
+  """Comment lines naming the gin files and bindings of the last `parse`, each file with its
+  own comments: where the configs record why a setting was chosen and the evidence (e.g. the
+  learning-rate grid of runs/converge_align.gin), the run keeps it. '' when nothing was parsed."""
+  if not _PARSED['files'] and not _PARSED['bindings']:
+    return ''
+  lines = ['# Gin files read, in order (includes after the file that includes them), with',
+           '# their comments; then the bindings given. The operative config follows.']
+  for path, by in _PARSED['files']:
+    lines.append('#')
+    lines.append(f'# == {path}' + (f' (included by {by})' if by else ''))
+    lines += ['#   ' + line.strip().lstrip('#').strip()
+              for line in pathlib.Path(path).read_text().splitlines()
+              if line.strip().startswith('#')]
+  if _PARSED['bindings']:
+    lines.append('#')
+    lines.append('# == bindings given')
+    lines += [f'#   {binding}' for binding in _PARSED['bindings']]
+  return '\n'.join(lines) + '\n\n'
+
+
 def write_operative_config(run_dir: str | os.PathLike[str], name: str = 'config.gin') -> str:
-  """Writes gin's operative config into the run directory atomically; returns its path."""
+  """Writes gin's operative config into the run directory atomically, headed by
+  `provenance_header()`; returns its path."""
   from lsc_align import io_utils  # pylint: disable=g-import-not-at-top
   path = os.path.join(os.fspath(run_dir), name)
-  io_utils.atomic_write_text(path, gin.operative_config_str())
+  io_utils.atomic_write_text(path, provenance_header() + gin.operative_config_str())
   return path

@@ -165,9 +165,12 @@ def worker_env(devices: int, compilation_cache: bool = False, **extra: str) -> d
 def clean_gin():
   """No gin bindings before or after the test."""
   import gin  # pylint: disable=g-import-not-at-top
+  from lsc_align import gin_utils  # pylint: disable=g-import-not-at-top
   gin.clear_config()
+  gin_utils.reset_parse_record()
   yield
   gin.clear_config()
+  gin_utils.reset_parse_record()
 
 
 def communicate_all(procs, timeout_s: float) -> list[tuple[int, str]]:

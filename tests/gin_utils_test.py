@@ -50,3 +50,23 @@ def test_operative_config_is_written_atomically(tmp_path):
   dataset.world_vocabulary(gin.get_configurable('WorldConfig')())  # use a configurable
   path = gin_utils.write_operative_config(tmp_path)
   assert 'WorldConfig' in pathlib.Path(path).read_text()
+
+
+def test_run_config_names_the_files_read_with_their_comments(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # gin finds includes from the working directory or configs/
+  (tmp_path / 'base.gin').write_text(
+      '# lr 1e-4 chosen: validation J -1.32 against -1.35 at 2e-4\n'
+      'WorldConfig.seed = 3\n')
+  (tmp_path / 'top.gin').write_text("# the top file\ninclude 'base.gin'\n")
+  from lsc_align.world import config  # pylint: disable=g-import-not-at-top,unused-import
+  gin_utils.parse([str(tmp_path / 'top.gin')], ['WorldConfig.test_prompts = 7'], finalize=False)
+  gin.get_configurable('WorldConfig')()
+  (tmp_path / 'run').mkdir()
+  text = pathlib.Path(gin_utils.write_operative_config(tmp_path / 'run')).read_text()
+  header, operative = text.split('\n\n', 1)
+  assert header.index('top.gin') < header.index('base.gin (included by')
+  assert '#   lr 1e-4 chosen: validation J -1.32 against -1.35 at 2e-4' in header
+  assert '#   WorldConfig.test_prompts = 7' in header
+  assert all(line.startswith('#') for line in header.splitlines())
+  assert 'WorldConfig.seed = 3' in operative and 'WorldConfig.test_prompts = 7' in operative
+  gin_utils.parse([str(tmp_path / 'run' / 'config.gin')], finalize=False)  # still parses
