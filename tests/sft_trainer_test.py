@@ -71,7 +71,9 @@ def test_run_directory_files_and_eval(uninterrupted):
   assert 0.0 <= summary['token_accuracy'] <= 1.0
   entropy = summary['world']['collection_policy']['entropy_per_token_upper_bound']
   assert 0.0 < entropy < summary['world']['sft_nll_per_token_on_policy_samples']
-  assert (uninterrupted / 'config.gin').read_text().count(f'train_sft.steps = {STEPS}') == 1
+  config = (uninterrupted / 'config.gin').read_text().splitlines()
+  assert config.count(f'train_sft.steps = {STEPS}') == 1  # the operative binding
+  assert config.count(f'#   train_sft.steps = {STEPS}') == 1  # the header's binding given
   rows = [json.loads(line) for line in (uninterrupted / 'metrics.jsonl').read_text().splitlines()]
   assert sorted(r['step'] for r in rows if 'loss' in r and 'eval/loss' not in r) == list(
       range(1, STEPS + 1))
