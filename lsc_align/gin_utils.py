@@ -100,8 +100,9 @@ def parse(gin_files: Sequence[str] = (), gin_params: Sequence[str] = (),
     logging.getLogger().removeFilter(_PROBE_FILTER)
 
 
-# What the last `parse` read: [(gin file path, included by or None)] and the bindings given.
-# write_operative_config puts it, with every file's comments, at the head of a run's config.gin.
+# What the last `parse` read: files as [(path, included by or None, its comment lines)], in the
+# order gin read them (each once), and the bindings given. write_operative_config puts it at the
+# head of a run's config.gin.
 _PARSED: dict[str, list] = {'files': [], 'bindings': []}
 
 
@@ -110,35 +111,29 @@ def reset_parse_record() -> None:
   _PARSED['files'], _PARSED['bindings'] = [], []
 
 
-def _included_files(path: str, by: str | None, seen: set[str]) -> list[tuple[str, str | None]]:
-  """path and, depth first in file order, every gin file it includes (as gin finds them)."""
-  if path in seen:
-    return []
-  seen.add(path)
-  found = [(path, by)]
-  for line in pathlib.Path(path).read_text().splitlines():
-    words = line.strip().split(None, 1)
-    if len(words) == 2 and words[0] == 'include':
-      name = words[1].strip().strip('\'"')
-      for candidate in (pathlib.Path(name), CONFIG_DIR / name):  # gin's order: cwd, configs/
-        if candidate.is_file():
-          found += _included_files(str(candidate), path, seen)
-          break
-  return found
+def _record_file(parsed: gin.config.ParsedConfigFileIncludesAndImports, by: str | None) -> None:
+  """Records a file gin parsed and, depth first, the files it included (gin's own tree)."""
+  path = resolve_gin_file(parsed.filename)
+  if all(path != recorded for recorded, _, _ in _PARSED['files']):
+    comments = [line.strip().lstrip('#').strip()
+                for line in pathlib.Path(path).read_text().splitlines()
+                if line.strip().startswith('#')]
+    _PARSED['files'].append((path, by, comments))
+  for included in parsed.includes:
+    _record_file(included, path)
 
 
 def _parse(gin_files: Sequence[str], gin_params: Sequence[str], finalize: bool) -> None:
   gin.clear_config()
   reset_parse_record()
   gin.add_config_file_search_path(str(CONFIG_DIR))
-  seen: set[str] = set()
   for name in gin_files:
     path = resolve_gin_file(name)
-    _PARSED['files'] += _included_files(path, None, seen)
     try:
-      gin.parse_config_file(path)
+      parsed = gin.parse_config_file(path)
     except Exception as e:  # gin raises several types; all mean "this file is wrong"
       raise GinConfigError(f'gin file {path}: {e}{_moved_hint(e)}') from e
+    _record_file(parsed, None)
   for binding in gin_params:
     try:
       gin.parse_config(binding)
@@ -157,12 +152,10 @@ def provenance_header() -> str:
     return ''
   lines = ['# Gin files read, in order (includes after the file that includes them), with',
            '# their comments; then the bindings given. The operative config follows.']
-  for path, by in _PARSED['files']:
+  for path, by, comments in _PARSED['files']:
     lines.append('#')
     lines.append(f'# == {path}' + (f' (included by {by})' if by else ''))
-    lines += ['#   ' + line.strip().lstrip('#').strip()
-              for line in pathlib.Path(path).read_text().splitlines()
-              if line.strip().startswith('#')]
+    lines += [f'#   {comment}' for comment in comments]
   if _PARSED['bindings']:
     lines.append('#')
     lines.append('# == bindings given')
