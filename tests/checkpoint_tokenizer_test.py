@@ -1,13 +1,16 @@
 """models/checkpoint_tokenizer: a checkpoint's tokenizer, its special ids and its chat template.
 
-Fixtures are small tokenizers trained here on the shared HH test split (byte-level BPE through
-`tokenizers`, Llama 2 style and T5 style SentencePiece models) and laid out as the Hub lays out
-checkpoints. Round trips run over every dialogue of the shared split.
+Golden cases: tests/data/pretrained/<case>/ (written by transformers 5.25.0 save_pretrained, with
+tokenization.json holding AutoTokenizer's ids and special ids). Fixtures for what they do not
+cover are small tokenizers trained here on the shared HH test split (byte-level BPE through
+`tokenizers`, Llama 2 and T5 style SentencePiece models), laid out as the Hub lays them out.
+Round trips run over every dialogue of the shared split.
 """
 import gzip
 import io
 import json
 import os
+import pathlib
 import shutil
 import unicodedata
 
@@ -21,6 +24,8 @@ from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 from lsc_align.models import checkpoint_tokenizer as ct
 
 HH_DIR = '/work/shared/data/hh-rlhf'
+PRETRAINED = pathlib.Path(__file__).resolve().parent / 'data' / 'pretrained'
+GOLD_CASES = sorted(p.parent.name for p in PRETRAINED.glob('*/tokenization.json'))
 CHATML = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
           "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
           "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
@@ -172,16 +177,21 @@ def test_qwen_layout_ids_pad_and_precedence(qwen_dir):
   assert tok.decode(tok.encode('<|im_end|>hi')) == '<|im_end|>hi'
 
 
-def test_pad_from_generation_or_model_config(qwen_dir, tmp_path):
+def test_pad_from_class_default_generation_or_model_config(qwen_dir, llama3_dir, tmp_path):
   path = copy_of(qwen_dir, tmp_path)
   config = json.loads((path / 'tokenizer_config.json').read_text())
   del config['pad_token']
   write_json(path / 'tokenizer_config.json', config)
+  # model_type qwen2 loads as Qwen2Tokenizer, whose pad is <|endoftext|> unless named
+  tok = ct.load_tokenizer(path, strict_pad=True)
+  assert (tok.pad_id, tok.pad_source) == (5, 'Qwen2Tokenizer default')
+  path = shutil.copytree(llama3_dir, tmp_path / 'llama3')
+  write_json(path / 'config.json', {'model_type': 'llama', 'eos_token_id': 1, 'pad_token_id': 3})
   tok = ct.load_tokenizer(path, strict_pad=True)
   assert (tok.pad_id, tok.pad_source) == (3, 'config.json')
-  write_json(path / 'generation_config.json', {'pad_token_id': 2})
-  assert ct.load_tokenizer(path).pad_source == 'generation_config.json'
-  assert ct.load_tokenizer(path).pad_id == 2
+  write_json(path / 'generation_config.json', {'eos_token_id': [1, 2], 'pad_token_id': 4})
+  tok = ct.load_tokenizer(path, strict_pad=True)
+  assert (tok.pad_id, tok.pad_source) == (4, 'generation_config.json')
 
 
 def test_legacy_special_tokens_map_overrides_and_new_tokens_get_ids(llama3_dir, tmp_path):
@@ -194,15 +204,6 @@ def test_legacy_special_tokens_map_overrides_and_new_tokens_get_ids(llama3_dir, 
   assert tok.pad_source == 'special_tokens_map.json'
   assert tok.encode('a<|pad|>b', add_special_tokens=False) == (
       tok.encode('a', add_special_tokens=False) + [600] + tok.encode('b', add_special_tokens=False))
-
-
-def test_byte_level_round_trip_preserves_every_hh_text(llama3_dir, texts):
-  tok = ct.load_tokenizer(llama3_dir)
-  assert len(texts) == 2 * (2354 + 2312)
-  for text in texts:
-    ids = tok.encode(text)
-    assert tok.decode(ids, skip_special_tokens=True) == text
-    assert tok.decode(ids) == '<|begin_of_text|>' + text
 
 
 # ---- SentencePiece (tokenizer.model, spiece.model) ----
@@ -233,10 +234,10 @@ def test_llama2_legacy_prefixes_every_piece_of_text(llama2_dir, tmp_path):
       sp.encode('Hi') + [2] + sp.encode('there'))
 
 
-def test_llama2_round_trip_is_exact_on_hh(llama2_dir, texts):
+def test_llama2_decode_writes_special_tokens_out(llama2_dir):
   tok = ct.load_tokenizer(llama2_dir)
-  assert all(tok.decode(tok.encode(t), skip_special_tokens=True) == t for t in texts)
   assert tok.decode(tok.encode('Hi there')) == '<s> Hi there'
+  assert tok.decode(tok.encode('Hi there'), skip_special_tokens=True) == 'Hi there'
 
 
 def test_llama2_eos_flag_and_added_pad(llama2_dir, tmp_path):
@@ -271,6 +272,73 @@ def test_t5_spiece_eos_sentinels_and_normalised_round_trip(t5_dir, texts):
       assert back == ' '.join(unicodedata.normalize('NFKC', text).split())
       normalised += 1
   assert exact == 0 and normalised > 0.9 * len(texts)
+
+
+# ---- golden cases: transformers' own ids ----
+
+def gold(case):
+  return json.loads((PRETRAINED / case / 'tokenization.json').read_text(encoding='utf-8'))
+
+
+def test_golden_cases_are_there():
+  assert {'llama3_gqa_rope_scaling', 'llama2_tied_bf16_sharded', 'qwen2_bias', 'qwen3_qknorm',
+          'gemma2_softcap', 'gemma3_text'} <= set(GOLD_CASES)
+
+
+@pytest.mark.parametrize('case', GOLD_CASES)
+def test_ids_and_special_ids_equal_transformers(case):
+  expected = gold(case)
+  tok = ct.load_tokenizer(PRETRAINED / case, strict_pad=False)
+  assert tok.kind == ('sentencepiece' if (PRETRAINED / case / 'tokenizer.model').exists()
+                      else 'tokenizers')
+  assert len(expected['texts']) == 5
+  for entry in expected['texts']:
+    assert tok.encode(entry['text']) == entry['ids_with_special_tokens']
+    assert tok.encode(entry['text'], add_special_tokens=False) == entry[
+        'ids_without_special_tokens']
+  assert (tok.bos_id, tok.eos_id, tok.unk_id, tok.vocab_size) == (
+      expected['bos_token_id'], expected['eos_token_id'], expected['unk_token_id'],
+      expected['len_tokenizer'])
+  if expected['pad_token_id'] is None:  # llama2 / llama3: no pad anywhere
+    assert (tok.pad_id, tok.pad_source) == (tok.eos_id, ct.EOS_FALLBACK)
+    with pytest.raises(ValueError, match='no pad token'):
+      ct.load_tokenizer(PRETRAINED / case, strict_pad=True)
+  else:
+    assert (tok.pad_id, tok.pad_source) == (expected['pad_token_id'], 'tokenizer_config.json')
+  model = json.loads((PRETRAINED / case / 'config.json').read_text())
+  tok.check_fits(model.get('vocab_size', model.get('text_config', {}).get('vocab_size')))
+
+
+def test_golden_sentencepiece_differs_from_the_library_as_transformers_does():
+  # transformers' converted Llama tokenizer gives a text that starts with a space no dummy "▁";
+  # sentencepiece itself does. Ids follow transformers.
+  entries = gold('llama2_tied_bf16_sharded')['texts']
+  differ = [e for e in entries if e['sentencepiece_ids'] != e['ids_without_special_tokens']]
+  assert [e['text'][0] for e in differ] == [' ']
+  assert all(e['text'][0] != ' ' for e in entries if e not in differ)
+
+
+def test_golden_chatml_template():
+  tok = ct.load_tokenizer(PRETRAINED / 'qwen2_bias')
+  chat = gold('qwen2_bias')['chat']
+  rendered = tok.apply_chat_template(chat['messages'])
+  assert rendered == ('<|im_start|>user\nHi there<|im_end|>\n'
+                      '<|im_start|>assistant\nHi!<|im_end|>\n'
+                      '<|im_start|>user\nHow are you?<|im_end|>\n'
+                      '<|im_start|>assistant\n') == chat['text']
+  assert tok.encode(rendered) == chat['ids']
+  assert tok.apply_chat_template(chat['messages'][:1], add_generation_prompt=False) == (
+      '<|im_start|>user\nHi there<|im_end|>\n')
+  assert tok.model_max_length == 32768
+
+
+@pytest.mark.parametrize('case', ['llama3_gqa_rope_scaling', 'llama2_tied_bf16_sharded'])
+def test_round_trip_preserves_every_hh_text(case, texts):
+  """Byte-level BPE, and SentencePiece BPE with byte fallback and no normalisation: exact."""
+  tok = ct.load_tokenizer(PRETRAINED / case)
+  assert len(texts) == 2 * (2354 + 2312)
+  for text in texts:
+    assert tok.decode(tok.encode(text), skip_special_tokens=True) == text
 
 
 # ---- chat templates ----

@@ -9,8 +9,9 @@ through io_utils, and both libraries load from bytes, so a bucket needs no local
 Where special tokens come from (the precedence transformers applies):
   * Token strings (bos / eos / unk / pad; a string or {"content": ...}; null means none):
     tokenizer_config.json, overridden by special_tokens_map.json only when tokenizer_config.json
-    has no added_tokens_decoder (the legacy layout); a SentencePiece model's own control pieces
-    fill what neither names. Named and extra special tokens the vocabulary lacks get new ids.
+    has no added_tokens_decoder (the legacy layout); then the defaults of the class AutoTokenizer
+    picks (Llama, Gemma, Qwen2 (for model_type qwen2 whatever the file says), T5); then a
+    SentencePiece model's control pieces. Special tokens the vocabulary lacks get new ids.
   * BOS / EOS added by encode: tokenizer.json's post-processor (transformers 5 ignores
     add_bos_token / add_eos_token beside a tokenizer.json); for SentencePiece,
     tokenizer_config.json's add_bos_token / add_eos_token (default off; T5 defaults EOS on).
@@ -51,6 +52,17 @@ FINGERPRINT_FILES = (TOKENIZERS_FILE, *SENTENCEPIECE_FILES, 'tokenizer_config.js
                      'special_tokens_map.json', CHAT_TEMPLATE_FILE)
 EOS_FALLBACK = 'eos fallback'
 _NAMED = ('bos_token', 'eos_token', 'unk_token', 'pad_token')
+# The special tokens a tokenizer class assumes when tokenizer_config.json names none.
+_CLASS_DEFAULTS = {
+    'LlamaTokenizer': {'unk_token': '<unk>', 'bos_token': '<s>', 'eos_token': '</s>'},
+    'GemmaTokenizer': {'unk_token': '<unk>', 'bos_token': '<bos>', 'eos_token': '<eos>',
+                       'pad_token': '<pad>'},
+    'Qwen2Tokenizer': {'unk_token': '<|endoftext|>', 'eos_token': '<|endoftext|>',
+                       'pad_token': '<|endoftext|>'},
+    'T5Tokenizer': {'unk_token': '<unk>', 'eos_token': '</s>', 'pad_token': '<pad>'},
+}
+# Model types whose Hub tokenizer_class AutoTokenizer replaces by its own (of those above).
+_CLASS_OF_MODEL_TYPE = {'qwen2': 'Qwen2Tokenizer'}
 _NO_LIMIT = 10**12  # transformers writes ~1e30 as model_max_length for "no limit"
 
 
@@ -392,8 +404,11 @@ def load_tokenizer(path: str | os.PathLike[str], *, strict_pad: bool = False
       str(k).isdigit() and isinstance(v, Mapping) and isinstance(v.get('content'), str)
       for k, v in added.items()):
     raise ValueError(f'{source}: added_tokens_decoder must map ids to {{"content": ...}}')
-  tokenizer_class = str(config.get('tokenizer_class') or '')
+  tokenizer_class = str(config.get('tokenizer_class') or '').removesuffix('Fast')
   model_type = str(configs['config.json'].get('model_type') or '')
+  tokenizer_class = _CLASS_OF_MODEL_TYPE.get(model_type, tokenizer_class)
+  for key, token in _CLASS_DEFAULTS.get(tokenizer_class, {}).items():
+    sources.setdefault(key, (token, f'{tokenizer_class} default'))
   is_t5 = (tokenizer_class.startswith(('T5', 'MT5', 'UMT5')) or 't5' in model_type
            or (not tokenizer_class and not model_type and model_file == 'spiece.model'))
   model_path = os.path.join(directory, model_file)
