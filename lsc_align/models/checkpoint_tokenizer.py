@@ -10,7 +10,7 @@ Where special tokens come from (the precedence transformers applies):
   * Token strings (bos / eos / unk / pad; a string or {"content": ...}; null means none):
     tokenizer_config.json, overridden by special_tokens_map.json only when tokenizer_config.json
     has no added_tokens_decoder (the legacy layout); then the defaults of the class AutoTokenizer
-    picks (Llama, Gemma, Qwen2 (for model_type qwen2 whatever the file says), T5); then a
+    picks (Llama, Gemma, T5; Qwen2 for model_type qwen2 whatever tokenizer_class says); then a
     SentencePiece model's control pieces. Special tokens the vocabulary lacks get new ids.
   * BOS / EOS added by encode: tokenizer.json's post-processor (transformers 5 ignores
     add_bos_token / add_eos_token beside a tokenizer.json); for SentencePiece,
@@ -356,11 +356,39 @@ def _chat_template(config: Mapping[str, Any], directory: str, source: str) -> st
 
 def _fingerprint(files: Mapping[str, bytes]) -> str:
   digest = hashlib.sha256()
-  for name in FINGERPRINT_FILES:
-    if name in files:
-      digest.update(f'{name}\0{len(files[name])}\0'.encode())
-      digest.update(files[name])
+  for name in (n for n in FINGERPRINT_FILES if n in files):
+    digest.update(f'{name}\0{len(files[name])}\0'.encode() + files[name])
   return digest.hexdigest()
+
+
+def _token_sources(directory: str, configs: Mapping[str, dict[str, Any]],
+                   tokenizer_class: str) -> dict[str, tuple[str | None, str]]:
+  """Special token name -> (its text or None, the file or default it comes from)."""
+  sources = {}
+  config = configs['tokenizer_config.json']
+  # transformers reads special_tokens_map.json only without added_tokens_decoder (legacy).
+  names = ('tokenizer_config.json',) + (
+      () if 'added_tokens_decoder' in config else ('special_tokens_map.json',))
+  for name in names:
+    for key in (k for k in _NAMED if k in configs[name]):
+      sources[key] = (_token_text(configs[name][key], os.path.join(directory, name), key), name)
+  for key, token in _CLASS_DEFAULTS.get(tokenizer_class, {}).items():
+    sources.setdefault(key, (token, f'{tokenizer_class} default'))
+  return sources
+
+
+def _config_ids(directory: str, configs: Mapping[str, dict[str, Any]]
+                ) -> tuple[dict[str, list[int]], str | None]:
+  """bos / eos / pad ids of generation_config.json then config.json; the pad's file."""
+  found: dict[str, list[int]] = {'bos': [], 'eos': [], 'pad': []}
+  pad_file = None
+  for name in ('generation_config.json', 'config.json'):
+    for key, values in found.items():
+      new = _id_list(configs[name].get(f'{key}_token_id'), os.path.join(directory, name),
+                     f'{key}_token_id')
+      pad_file = name if key == 'pad' and new and not values else pad_file
+      values += [i for i in new if i not in values]
+  return found, pad_file
 
 
 def load_tokenizer(path: str | os.PathLike[str], *, strict_pad: bool = False
@@ -390,31 +418,23 @@ def load_tokenizer(path: str | os.PathLike[str], *, strict_pad: bool = False
   data = {n: io_utils.read_bytes(os.path.join(directory, n)) for n in names}
   configs = {n: _read_json(os.path.join(directory, n)) if n in data else {}
              for n in CONFIG_FILES}
-  config = configs['tokenizer_config.json']
-  source, sources = os.path.join(directory, 'tokenizer_config.json'), {}
-  for name, settings in (('tokenizer_config.json', config),
-                         ('special_tokens_map.json', configs['special_tokens_map.json'])):
-    if name == 'special_tokens_map.json' and 'added_tokens_decoder' in config:
-      break  # transformers reads special_tokens_map.json only in the legacy layout
-    for key in _NAMED:
-      if key in settings:
-        sources[key] = (_token_text(settings[key], os.path.join(directory, name), key), name)
+  config, source = configs['tokenizer_config.json'], os.path.join(directory, CONFIG_FILES[0])
   added = config.get('added_tokens_decoder') or {}
   if not isinstance(added, Mapping) or not all(
       str(k).isdigit() and isinstance(v, Mapping) and isinstance(v.get('content'), str)
       for k, v in added.items()):
     raise ValueError(f'{source}: added_tokens_decoder must map ids to {{"content": ...}}')
-  tokenizer_class = str(config.get('tokenizer_class') or '').removesuffix('Fast')
+  added = sorted((int(k), v) for k, v in added.items())
   model_type = str(configs['config.json'].get('model_type') or '')
-  tokenizer_class = _CLASS_OF_MODEL_TYPE.get(model_type, tokenizer_class)
-  for key, token in _CLASS_DEFAULTS.get(tokenizer_class, {}).items():
-    sources.setdefault(key, (token, f'{tokenizer_class} default'))
+  tokenizer_class = _CLASS_OF_MODEL_TYPE.get(
+      model_type, str(config.get('tokenizer_class') or '').removesuffix('Fast'))
   is_t5 = (tokenizer_class.startswith(('T5', 'MT5', 'UMT5')) or 't5' in model_type
            or (not tokenizer_class and not model_type and model_file == 'spiece.model'))
+  sources = _token_sources(directory, configs, tokenizer_class)
   model_path = os.path.join(directory, model_file)
   if model_file == TOKENIZERS_FILE:
     backend: Any = _TokenizersBackend(data[model_file], model_path)
-    for token_id, flags in sorted(added.items(), key=lambda kv: int(kv[0])):
+    for _, flags in added:
       if backend.token_id(flags['content']) is None:
         backend.add(flags['content'], flags, bool(flags.get('special')))
   else:
@@ -422,8 +442,8 @@ def load_tokenizer(path: str | os.PathLike[str], *, strict_pad: bool = False
                                     legacy=bool(config.get('legacy', False)))
     for key, piece in backend.control.items():
       sources.setdefault(key, (piece, model_file))
-    for token_id, flags in sorted(added.items(), key=lambda kv: int(kv[0])):
-      backend.add(flags['content'], flags, bool(flags.get('special')), int(token_id))
+    for token_id, flags in added:
+      backend.add(flags['content'], flags, bool(flags.get('special')), token_id)
     if is_t5 and not any(token.startswith('<extra_id_') for token in backend.added):
       extra_ids, base = int(config.get('extra_ids', 100)), backend.size()
       for i in range(extra_ids):  # T5's sentinels follow the pieces, <extra_id_0> last
@@ -439,21 +459,13 @@ def load_tokenizer(path: str | os.PathLike[str], *, strict_pad: bool = False
     if token is not None:
       backend.ensure_special(token)
   ids = {key: None if text is None else backend.token_id(text) for key, text in tokens.items()}
-  found: dict[str, list[int]] = {'bos': [], 'eos': [], 'pad': []}
-  pad_file = None
-  for name in ('generation_config.json', 'config.json'):
-    for key, values in found.items():
-      new = _id_list(configs[name].get(f'{key}_token_id'), os.path.join(directory, name),
-                     f'{key}_token_id')
-      pad_file = name if key == 'pad' and new and not values else pad_file
-      values += [i for i in new if i not in values]
+  found, pad_file = _config_ids(directory, configs)
   eos_ids = tuple(dict.fromkeys([ids['eos_token']] * (ids.get('eos_token') is not None)
                                 + found['eos']))
   if not eos_ids:
     raise ValueError(f'{directory}: no eos token in {model_file} or {", ".join(CONFIG_FILES)}')
-  bos_id = ids.get('bos_token')
-  if 'bos_token' not in tokens and found['bos']:
-    bos_id = found['bos'][0]
+  bos_id = found['bos'][0] if 'bos_token' not in tokens and found['bos'] else ids.get(
+      'bos_token')
   if ids.get('pad_token') is not None:
     pad_id, pad_source = ids['pad_token'], sources['pad_token'][1]
   elif found['pad']:
@@ -466,7 +478,7 @@ def load_tokenizer(path: str | os.PathLike[str], *, strict_pad: bool = False
   if model_file != TOKENIZERS_FILE:
     add_bos = config.get('add_bos_token', False) and ids.get('bos_token') is not None
     add_eos = config.get('add_eos_token', is_t5) and ids.get('eos_token') is not None
-    backend.frame = ([ids.get('bos_token')] if add_bos else [], [eos_ids[0]] if add_eos else [])
+    backend.frame = ([ids['bos_token']] if add_bos else [], [eos_ids[0]] if add_eos else [])
   for key, token_id in (('bos', bos_id), ('pad', pad_id), *(('eos', e) for e in eos_ids)):
     if token_id is not None and token_id >= backend.size():
       raise ValueError(f'{directory}: {key} id {token_id} is outside the vocabulary '
