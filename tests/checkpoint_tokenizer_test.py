@@ -19,7 +19,7 @@ from etils.epath import gpath
 import pytest
 import sentencepiece as spm
 import tokenizers
-from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from lsc_align.models import checkpoint_tokenizer as ct
 
@@ -204,6 +204,60 @@ def test_legacy_special_tokens_map_overrides_and_new_tokens_get_ids(llama3_dir, 
   assert tok.pad_source == 'special_tokens_map.json'
   a, b, both = (tok.encode(t, add_special_tokens=False) for t in ('a', 'b', 'a<|pad|>b'))
   assert both == a + [600] + b
+
+
+@pytest.fixture(scope='module')
+def llama2_json_dir(tmp_path_factory, texts):
+  """Llama 2's tokenizer.json as transformers 4 wrote it: "▁" prepended by the normalizer."""
+  path = tmp_path_factory.mktemp('llama2_json')
+  tok = tokenizers.Tokenizer(models.BPE(unk_token='<unk>', fuse_unk=True))
+  tok.pre_tokenizer = pre_tokenizers.Metaspace()
+  tok.train_from_iterator(texts[:300], trainers.BpeTrainer(
+      vocab_size=400, special_tokens=['<unk>', '<s>', '</s>'], show_progress=False))
+  tok.pre_tokenizer = None
+  tok.normalizer = normalizers.Sequence([normalizers.Prepend('▁'),
+                                         normalizers.Replace(' ', '▁')])
+  tok.decoder = decoders.Sequence([decoders.Replace('▁', ' '), decoders.Fuse(),
+                                   decoders.Strip(' ', 1, 0)])
+  tok.post_processor = processors.TemplateProcessing(single='<s> $A', special_tokens=[('<s>', 1)])
+  tok.save(str(path / 'tokenizer.json'))
+  write_json(path / 'tokenizer_config.json', {
+      'tokenizer_class': 'LlamaTokenizerFast', 'bos_token': '<s>', 'eos_token': '</s>',
+      'unk_token': '<unk>', 'legacy': False})
+  return path
+
+
+def test_llama_tokenizer_json_gets_transformers_metaspace(llama2_json_dir, tmp_path):
+  """transformers 5's LlamaTokenizer replaces such a file's normaliser by Metaspace."""
+  tok = ct.load_tokenizer(llama2_json_dir)
+  file_itself = tokenizers.Tokenizer.from_file(str(llama2_json_dir / 'tokenizer.json'))
+
+  def encode(text):
+    return tok.encode(text, add_special_tokens=False)
+
+  assert tok.encode('Hi there') == [1] + encode('Hi there')
+  assert encode('Hi there') == file_itself.encode('Hi there', add_special_tokens=False).ids
+  # A leading space is the prefix itself (the file alone would give "▁▁Hi"), and no prefix
+  # after a special token (legacy false).
+  assert encode(' Hi there') == encode('Hi there')
+  assert encode(' Hi') != file_itself.encode(' Hi', add_special_tokens=False).ids
+  after = encode('Hi</s>there')
+  assert after[:after.index(2)] == encode('Hi')
+  assert tok.decode(after) == 'Hi</s>there' and tok.decode(tok.encode(' Hi')) == '<s> Hi'
+  path = copy_of(llama2_json_dir, tmp_path)
+  config = json.loads((path / 'tokenizer_config.json').read_text())
+  write_json(path / 'tokenizer_config.json', {**config, 'legacy': True})
+  legacy = ct.load_tokenizer(path)
+  assert legacy.encode('Hi</s>there', add_special_tokens=False) == (
+      encode('Hi') + [2] + encode('there'))
+
+
+def test_byte_level_file_of_class_llama_is_left_as_it_is(llama3_dir, tmp_path):
+  path = copy_of(llama3_dir, tmp_path)
+  config = json.loads((path / 'tokenizer_config.json').read_text())
+  write_json(path / 'tokenizer_config.json', {**config, 'tokenizer_class': 'LlamaTokenizerFast'})
+  text = ' Hello  there\n\nHuman: ok'
+  assert ct.load_tokenizer(path).encode(text) == ct.load_tokenizer(llama3_dir).encode(text)
 
 
 # ---- SentencePiece (tokenizer.model, spiece.model) ----

@@ -2,7 +2,8 @@
 
 `load_tokenizer(path)` reads a checkpoint directory, local or gs:// (every file is read as bytes
 through io_utils, and both libraries load from bytes, so a bucket needs no local copy):
-  * `tokenizer.json` through the `tokenizers` library when present (Llama 3, Qwen, Gemma);
+  * `tokenizer.json` through the `tokenizers` library when present (Llama 3, Qwen, Gemma; a
+    non-byte-level file of class LlamaTokenizer gets the text pipeline transformers gives it);
   * else `tokenizer.model` (Llama 2) or `spiece.model` (T5) through sentencepiece, with the
     added tokens and "▁" prefix rules of transformers' conversion of the same model.
 
@@ -211,6 +212,18 @@ class _TokenizersBackend:
     self.tok.no_truncation()  # transformers' encode neither truncates nor pads by default
     self.tok.no_padding()
     self._added_token = tokenizers.AddedToken
+
+  def as_llama(self, legacy: bool, add_prefix_space: bool) -> None:
+    """The text pipeline transformers' LlamaTokenizer builds over a SentencePiece-style file."""
+    from tokenizers import decoders, pre_tokenizers  # pylint: disable=g-import-not-at-top
+    if 'ByteLevel' in self.tok.to_str():  # AutoTokenizer keeps byte-level files as they are
+      return
+    scheme = ('always' if legacy else 'first') if add_prefix_space else 'never'
+    self.tok.normalizer = None
+    self.tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme=scheme, split=False)
+    self.tok.decoder = decoders.Sequence(
+        [decoders.Replace('▁', ' '), decoders.ByteFallback(), decoders.Fuse()]
+        + [decoders.Strip(' ', 1, 0)] * add_prefix_space)
 
   def add(self, content: str, flags: Mapping[str, Any], special: bool) -> None:
     keys = ('single_word', 'lstrip', 'rstrip', 'normalized')
@@ -434,6 +447,9 @@ def load_tokenizer(path: str | os.PathLike[str], *, strict_pad: bool = False
   model_path = os.path.join(directory, model_file)
   if model_file == TOKENIZERS_FILE:
     backend: Any = _TokenizersBackend(data[model_file], model_path)
+    if tokenizer_class == 'LlamaTokenizer':
+      backend.as_llama(bool(config.get('legacy', False)),
+                       config.get('add_prefix_space') is not False)
     for _, flags in added:
       if backend.token_id(flags['content']) is None:
         backend.add(flags['content'], flags, bool(flags.get('special')))
