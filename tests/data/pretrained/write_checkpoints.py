@@ -25,17 +25,18 @@ transformers; they read the files this writes):
         --hh_dir /work/shared/data/hh-rlhf [--cases llama3_gqa_rope_scaling,t5_encdec]
 """
 import argparse
+import copy
 import gzip
 import io
 import json
 import math
 import os
 import shutil
-
 import tempfile
 
 import numpy as np
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 import tokenizers
 import torch
 import transformers
@@ -61,9 +62,12 @@ def to_4x_style(case_dir: str, drop_layer_types: bool) -> None:
   path = os.path.join(case_dir, 'config.json')
   with open(path) as f:
     config = json.load(f)
-  rope = dict(config.pop('rope_parameters'))
-  config['rope_theta'] = rope.pop('rope_theta')
-  config['rope_scaling'] = None if rope.get('rope_type') == 'default' else rope
+  if 'rope_parameters' in config:
+    rope = dict(config.pop('rope_parameters'))
+    config['rope_theta'] = rope.pop('rope_theta')
+    config['rope_scaling'] = None if rope.get('rope_type') == 'default' else rope
+  if 'scale_decoder_outputs' in config:  # 5.x always ties T5; 4.x said v1.1 by untying
+    config['tie_word_embeddings'] = config.pop('scale_decoder_outputs')
   config['torch_dtype'] = config.pop('dtype')
   if drop_layer_types:  # configs written before layer_types existed; the default is derived
     config.pop('layer_types')
@@ -109,7 +113,7 @@ def save_case(name, model, tokenizer, dtype, max_shard_size=None, style='5.x',
     to_4x_style(case_dir, drop_layer_types)
     model_4x = load_fp32(case_dir, auto_cls)
     with torch.no_grad():
-      a, b = (m(input_ids=ids).logits for m in (model_5x, model_4x))
+      a, b = (m(input_ids=ids)[0] for m in (model_5x, model_4x))  # logits or hidden states
     if not torch.equal(a, b):
       raise AssertionError(f'{name}: 4.x-style config changes the logits')
   return case_dir
@@ -234,6 +238,7 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
                 r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN_SPLIT = LLAMA3_SPLIT.replace(r'\p{N}{1,3}', r'\p{N}')
 BPE_VOCAB = 320  # 256 bytes + merges (+ specials the trainer places first)
+T5_SP_VOCAB = 256  # spiece.model pieces; T5Tokenizer adds 100 <extra_id_k> after them
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
           "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
           "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
@@ -245,12 +250,12 @@ def read_hh(hh_dir: str, subset: str) -> list:
 
 
 def sample_texts(helpful: list, harmless: list) -> list:
-  """Five texts: dialogues (one in full), curly quotes, accents, Greek, Chinese, digits."""
+  """Six texts: dialogues (one in full), curly quotes, numbers, Greek, Chinese, accents."""
   def around(text, needle, width=160):
     start = max(0, text.index(needle) - width // 2)
     return text[start:start + width]
-  return [helpful[0], harmless[0][:300], around(helpful[400], 'Γ'), around(helpful[2347], '沙'),
-          around(helpful[168], 'é')]
+  return [helpful[0], harmless[0][:300], around(helpful[1], '175'), around(helpful[400], 'Γ'),
+          around(helpful[2347], '沙'), around(helpful[168], 'é')]
 
 
 def byte_bpe(texts, split, leading, trailing, bos=None, nfc=False):
@@ -318,8 +323,17 @@ def llama2_sp(texts) -> bytes:
 
 
 def t5_sp(texts) -> bytes:
-  return sentencepiece_model(texts, model_type='unigram', vocab_size=256, pad_id=0, eos_id=1,
-                             unk_id=2, bos_id=-1)
+  # T5's nmt_nfkc rule would embed a ~240 KB normalization table in spiece.model and
+  # tokenizer.json; this keeps only its whitespace part (tab/newline -> space, runs collapsed).
+  with tempfile.TemporaryDirectory() as tmp:
+    rules = os.path.join(tmp, 'whitespace.tsv')
+    with open(rules, 'w') as f:  # code points (hex) mapped to a space, as nmt_nfkc maps them
+      f.write('9\t20\nA\t20\nD\t20\n')
+    model = sentencepiece_model(texts, model_type='unigram', vocab_size=T5_SP_VOCAB, pad_id=0,
+                                eos_id=1, unk_id=2, bos_id=-1, normalization_rule_tsv=rules)
+  proto = sp_pb2.ModelProto.FromString(model)
+  proto.normalizer_spec.normalization_rule_tsv = ''  # the temporary path; keeps the file stable
+  return proto.SerializeToString()
 
 
 def from_sp(cls, sp_bytes: bytes, fname: str, **kwargs):
@@ -498,6 +512,129 @@ POLICY_CASES = {
 }
 
 
+# ---- reward-model cases: T5 encoders, sequence classifiers ----------------------------------
+def t5_config(**overrides):
+  kwargs = dict(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+  kwargs.update(overrides)
+  return transformers.T5Config(**kwargs)
+
+
+def encoder_golden(case_dir: str, model_cls, seed: int) -> dict:
+  """Encoder last hidden states on a right-padded batch ending in </s> (id 1), pad 0."""
+  model = model_cls.from_pretrained(case_dir, dtype=torch.float32,
+                                    attn_implementation='eager').eval()
+  encoder = model.get_encoder() if hasattr(model, 'get_encoder') else model
+  ids, mask = right_padded(torch.Generator().manual_seed(seed), T5_LENGTHS, 3, T5_SP_VOCAB, 0, 1)
+  with torch.no_grad():
+    hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    for row, n in enumerate(T5_LENGTHS):  # the mask keeps padding out of the real positions
+      alone = encoder(input_ids=ids[row:row + 1, :n]).last_hidden_state[0]
+      if not torch.allclose(alone, hidden[row, :n], atol=1e-5):
+        raise AssertionError(f'{case_dir}: padding changes row {row}')
+  return {'input_ids': ids.numpy().astype(np.int32),
+          'attention_mask': mask.numpy().astype(np.int32),
+          'hidden': hidden.numpy().astype(np.float32)}
+
+
+def seqcls_golden(case_dir: str, low: int, high: int, seed: int) -> dict:
+  """Scores [3] on a right-padded batch; checked against the last real token's hidden state."""
+  model = transformers.AutoModelForSequenceClassification.from_pretrained(
+      case_dir, dtype=torch.float32, attn_implementation='eager').eval()
+  pad_id = model.config.pad_token_id
+  if low <= pad_id < high:
+    raise ValueError(f'{case_dir}: pad id {pad_id} inside the content range [{low}, {high})')
+  ids, mask = right_padded(torch.Generator().manual_seed(seed), SEQCLS_LENGTHS, low, high, pad_id)
+  with torch.no_grad():
+    scores = model(input_ids=ids, attention_mask=mask).logits[:, 0]
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    last = hidden[torch.arange(len(SEQCLS_LENGTHS)), torch.tensor(SEQCLS_LENGTHS) - 1]
+    reference = last @ model.score.weight[0]
+  if not torch.allclose(scores, reference, atol=1e-5):
+    raise AssertionError(f'{case_dir}: scores {scores} are not read at the last real token')
+  print(f'  {os.path.basename(case_dir)}: scores {[round(float(x), 3) for x in scores]}')
+  return {'input_ids': ids.numpy().astype(np.int32),
+          'attention_mask': mask.numpy().astype(np.int32),
+          'scores': scores.numpy().astype(np.float32)}
+
+
+def t5_tokenizer(tk):
+  return from_sp(transformers.T5Tokenizer, tk['t5_sp'], 'spiece.model')
+
+
+def case_t5_v1_1_encoder(tk):
+  config = t5_config(feed_forward_proj='gated-gelu', tie_word_embeddings=False)
+  model = new_model(transformers.T5EncoderModel, config, 70)
+  case_dir = save_case('t5_v1_1_encoder', model, t5_tokenizer(tk), torch.float32,
+                       keep_files=('tokenizer_config.json',), style='4.x',
+                       auto_cls=transformers.T5EncoderModel,
+                       extra_files={'spiece.model': tk['t5_sp']})
+  return case_dir, encoder_golden(case_dir, transformers.T5EncoderModel, 170)
+
+
+def case_t5_encdec(tk):
+  config = t5_config(feed_forward_proj='relu', tie_word_embeddings=True)
+  model = new_model(transformers.T5ForConditionalGeneration, config, 80)
+  case_dir = save_case('t5_encdec', model, t5_tokenizer(tk), torch.float32)
+  return case_dir, encoder_golden(case_dir, transformers.T5ForConditionalGeneration, 180)
+
+
+def llama_pad_tokenizer(tk):
+  tok = copy.deepcopy(tk['llama3'])
+  tok.pad_token = '<|finetune_right_pad_id|>'
+  return tok
+
+
+def case_llama_seqcls(tk):
+  tok = llama_pad_tokenizer(tk)
+  config = llama3_config(tok, num_labels=1, pad_token_id=tok.pad_token_id)
+  model = new_model(transformers.LlamaForSequenceClassification, config, 90)
+  case_dir = save_case('llama_seqcls', model, tok, torch.float32, style='4.x',
+                       auto_cls=transformers.AutoModelForSequenceClassification,
+                       tokenizer_config=FAST_CLASS)
+  return case_dir, seqcls_golden(case_dir, 0, BPE_VOCAB, 190)
+
+
+def case_qwen2_seqcls(tk):
+  tok = tk['qwen']
+  config = qwen2_config(tok, num_labels=1, pad_token_id=tok.pad_token_id,
+                        tie_word_embeddings=False)
+  model = new_model(transformers.Qwen2ForSequenceClassification, config, 91)
+  case_dir = save_case('qwen2_seqcls', model, tok, torch.bfloat16,
+                       tokenizer_config=QWEN_TOKENIZER_CONFIG)
+  return case_dir, seqcls_golden(case_dir, 0, BPE_VOCAB, 191)
+
+
+def case_gemma2_seqcls(tk):
+  tok = tk['gemma']
+  model = new_model(transformers.Gemma2ForSequenceClassification,
+                    gemma2_config(tok, num_labels=1), 92)
+  case_dir = save_case('gemma2_seqcls', model, tok, torch.bfloat16,
+                       tokenizer_config=GEMMA_TOKENIZER_CONFIG)
+  n_specials = 6  # <pad> <eos> <bos> <unk> <start_of_turn> <end_of_turn> come first
+  return case_dir, seqcls_golden(case_dir, n_specials, len(tok), 192)
+
+
+def case_llama_seqcls_two_labels(tk):
+  """A reward model with two labels (no scalar score): config and tiny weights, no tokenizer."""
+  config = transformers.LlamaConfig(
+      vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+      num_attention_heads=2, num_key_value_heads=1, num_labels=2, pad_token_id=0)
+  model = new_model(transformers.LlamaForSequenceClassification, config, 93)
+  return save_case('llama_seqcls_two_labels', model, None, torch.float32), None
+
+
+REWARD_CASES = {
+    't5_v1_1_encoder': case_t5_v1_1_encoder,
+    't5_encdec': case_t5_encdec,
+    'llama_seqcls': case_llama_seqcls,
+    'qwen2_seqcls': case_qwen2_seqcls,
+    'gemma2_seqcls': case_gemma2_seqcls,
+    'llama_seqcls_two_labels': case_llama_seqcls_two_labels,
+}
+
+
 def build_tokenizers(hh_dir: str) -> dict:
   helpful, harmless = read_hh(hh_dir, 'helpful-base'), read_hh(hh_dir, 'harmless-base')
   train = helpful[:1000] + harmless[:1000]
@@ -512,7 +649,7 @@ def main() -> None:
                       help='HH-RLHF directory with <subset>/test.jsonl.gz')
   parser.add_argument('--cases', default='', help='comma-separated case names (default: all)')
   args = parser.parse_args()
-  all_cases = dict(POLICY_CASES, **globals().get('REWARD_CASES', {}))
+  all_cases = dict(POLICY_CASES, **REWARD_CASES)
   names = args.cases.split(',') if args.cases else list(all_cases)
   unknown = sorted(set(names) - set(all_cases))
   if unknown:
@@ -522,10 +659,12 @@ def main() -> None:
   for index, name in enumerate(all_cases):
     if name not in names:
       continue
-    case_dir, n_ids = all_cases[name](tk)
-    if name in POLICY_CASES:
-      write_golden(case_dir, causal_golden(case_dir, n_ids, seed=100 + index))
+    case_dir, result = all_cases[name](tk)
+    if name in POLICY_CASES:  # result: how many token ids the tokenizer has
+      write_golden(case_dir, causal_golden(case_dir, result, seed=100 + index))
       ablation_effects(case_dir, ABLATIONS.get(name, {}))
+    elif result is not None:  # result: the golden arrays
+      write_golden(case_dir, result)
     if any(f.startswith(('tokenizer', 'spiece')) for f in os.listdir(case_dir)):
       write_tokenization(case_dir, tk['texts'], chat=name == 'qwen2_bias')
       check_tokenization(case_dir)
