@@ -337,16 +337,17 @@ def gold(case):
 
 def test_golden_cases_are_there():
   assert {'llama3_gqa_rope_scaling', 'llama2_tied_bf16_sharded', 'qwen2_bias', 'qwen3_qknorm',
-          'gemma2_softcap', 'gemma3_text'} <= set(GOLD_CASES)
+          'gemma2_softcap', 'gemma3_text', 't5_v1_1_encoder', 't5_encdec', 'llama_seqcls',
+          'qwen2_seqcls', 'gemma2_seqcls'} <= set(GOLD_CASES)
 
 
 @pytest.mark.parametrize('case', GOLD_CASES)
 def test_ids_and_special_ids_equal_transformers(case):
   expected = gold(case)
   tok = ct.load_tokenizer(PRETRAINED / case, strict_pad=False)
-  assert tok.kind == ('sentencepiece' if (PRETRAINED / case / 'tokenizer.model').exists()
-                      else 'tokenizers')
-  assert len(expected['texts']) == 5
+  assert tok.kind == ('tokenizers' if (PRETRAINED / case / 'tokenizer.json').exists()
+                      else 'sentencepiece')
+  assert len(expected['texts']) >= 5
   for entry in expected['texts']:
     assert tok.encode(entry['text']) == entry['ids_with_special_tokens']
     assert tok.encode(entry['text'], add_special_tokens=False) == entry[
@@ -361,7 +362,16 @@ def test_ids_and_special_ids_equal_transformers(case):
   else:
     assert (tok.pad_id, tok.pad_source) == (expected['pad_token_id'], 'tokenizer_config.json')
   model = json.loads((PRETRAINED / case / 'config.json').read_text())
-  tok.check_fits(model.get('vocab_size', model.get('text_config', {}).get('vocab_size')))
+  tok.check_fits(model['vocab_size'])
+  for entry in expected['texts']:
+    back = tok.decode(tok.encode(entry['text']), skip_special_tokens=True)
+    if model['model_type'] == 'llama' and tok.kind == 'sentencepiece':
+      # " x" encodes as "x" does (transformers' Llama Metaspace): one leading space is lost.
+      assert back == entry['text'].removeprefix(' ')
+    elif model['model_type'] != 't5':
+      assert back == entry['text']
+    elif tok.unk_id not in entry['ids_without_special_tokens']:  # T5 normalises the text
+      assert back == ' '.join(unicodedata.normalize('NFKC', entry['text']).split())
 
 
 def test_golden_sentencepiece_differs_from_the_library_as_transformers_does():
@@ -369,7 +379,7 @@ def test_golden_sentencepiece_differs_from_the_library_as_transformers_does():
   # sentencepiece itself does. Ids follow transformers.
   entries = gold('llama2_tied_bf16_sharded')['texts']
   differ = [e for e in entries if e['sentencepiece_ids'] != e['ids_without_special_tokens']]
-  assert [e['text'][0] for e in differ] == [' ']
+  assert differ and all(e['text'][0] == ' ' for e in differ)
   assert all(e['text'][0] != ' ' for e in entries if e not in differ)
 
 

@@ -27,9 +27,10 @@ Where special tokens come from (the precedence transformers applies):
     named templates, 'default'.
 
 decode never applies transformers' clean_up_tokenization_spaces (a lossy rewrite of spaces
-before punctuation), so byte-level BPE gives every text back exactly. SentencePiece gives text
-back after the model's normalisation (T5: NFKC, runs of whitespace and newlines become one
-space; a Llama 2 style model with byte fallback and no normalisation is exact).
+before punctuation), so byte-level BPE gives every text back exactly. Llama's Metaspace
+(tokenizer.model, or a LlamaTokenizer tokenizer.json) is exact but for one leading space: " x"
+encodes as "x" does, in transformers too. T5 gives text back normalised (NFKC; runs of
+whitespace, newlines included, become one space; unknown characters become unk).
 """
 from __future__ import annotations
 
