@@ -34,6 +34,7 @@ whitespace, newlines included, become one space; unknown characters become unk).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -94,14 +95,25 @@ def _read_json(path: str) -> dict[str, Any]:
 
 
 class CheckpointTokenizer:
-  """Text <-> ids as the checkpoint's tokenizer, with its special ids and chat template.
-
-  Attributes: path (the directory), kind ('tokenizers' or 'sentencepiece'), files (names
-  read), bos_id (None: no bos), eos_ids (primary first), pad_id and pad_source (the file that
-  gave it, or 'eos fallback'), unk_id, add_bos / add_eos (what encode adds), vocab_size
-  (len(tokenizer), added tokens included), fingerprint (SHA-256 of FINGERPRINT_FILES),
-  chat_template, model_max_length (None: no limit), bos_token / eos_token / pad_token strings.
-  """
+  """Text <-> ids as the checkpoint's tokenizer, with its special ids and chat template."""
+  path: str  # the checkpoint directory
+  kind: str  # 'tokenizers' (tokenizer.json) or 'sentencepiece'
+  files: tuple[str, ...]  # the file names read
+  bos_id: int | None  # None: the tokenizer has no bos
+  eos_ids: tuple[int, ...]  # every stop id, the primary first
+  pad_id: int
+  pad_source: str  # the file (or class default) that gave pad_id, or EOS_FALLBACK
+  unk_id: int | None
+  add_bos: bool  # what encode(text) puts around the text
+  add_eos: bool
+  vocab_size: int  # len(tokenizer): added tokens included
+  fingerprint: str  # SHA-256 of FINGERPRINT_FILES' bytes
+  chat_template: str | None
+  model_max_length: int | None  # None: no limit
+  bos_token: str | None
+  eos_token: str | None
+  pad_token: str | None
+  unk_token: str | None
 
   def __init__(self, backend: Any, **attributes: Any):
     self._backend = backend
@@ -146,7 +158,11 @@ class CheckpointTokenizer:
 
   def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], *,
                           add_generation_prompt: bool = True, **variables: Any) -> str:
-    """The checkpoint's Jinja chat template rendered for messages, as transformers does."""
+    """The checkpoint's Jinja chat template rendered for messages, as transformers does.
+
+    A template that writes bos_token itself (Llama 3's do) wants the result encoded with
+    add_special_tokens=False, or the ids start with two BOS.
+    """
     if self.chat_template is None:
       raise ValueError(f'{self.path}: the checkpoint has no chat template')
     if not all(isinstance(m, Mapping) for m in messages):
@@ -165,6 +181,7 @@ class CheckpointTokenizer:
       raise ValueError(f'{self.path}: chat template{where}: {e.message}') from e
 
 
+@functools.lru_cache(maxsize=8)
 def _compile_template(source: str) -> Any:
   """A sandboxed jinja2 template with transformers' settings, filters and globals."""
   import datetime  # pylint: disable=g-import-not-at-top
