@@ -1,4 +1,4 @@
-"""Checks that a Hugging Face causal-LM checkpoint directory reproduces a golden.npz in transformers.
+"""Checks in transformers that a Hugging Face causal-LM checkpoint reproduces a golden.npz.
 
 Loads DIR with AutoModelForCausalLM (float32, eager attention), runs golden's `input_ids` and
 compares with its `logits`, and reruns greedy generation from `prompt_ids` (no early stop) against
@@ -7,7 +7,8 @@ compares with its `logits`, and reruns greedy generation from `prompt_ids` (no e
 Runs in the environment with torch and transformers (see write_checkpoints.py):
 
     /work/venv_hf/bin/python tests/data/pretrained/check_export.py \
-        --checkpoint /tmp/exported --golden tests/data/pretrained/llama3_gqa_rope_scaling/golden.npz
+        --checkpoint /tmp/exported \
+        --golden tests/data/pretrained/llama3_gqa_rope_scaling/golden.npz
 """
 import argparse
 import json
