@@ -13,14 +13,18 @@ each with bindings like ('ppo.kl_coef = 0.01', 'seed = 0'). A point's name is it
 suffix; it uses the last component of each key unless two keys share it. Values given as strings
 are gin literal text, used as typed (`'harmless'` with its quotes is a gin string); other Python
 values are written with repr (numbers, bools, None, tuples). Values on the command line are split
-on commas, so a value cannot itself contain a comma.
+on the commas outside brackets and quotes (`seed=[1,2],[3,4]` is two list values), and each must
+parse as a gin value (references `@name` and macros `%NAME` are checked by the job itself).
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import re
+import tokenize
 from typing import Any, Mapping, Sequence
+
+import gin
 
 MODES = ('sequential', 'per_point')
 
@@ -54,13 +58,52 @@ def parse_sweep_flags(flags: Sequence[str]) -> dict[str, list[str]]:
       raise SweepError(f'--sweep {flag!r}: expected KEY=V1,V2,... (e.g. ppo.kl_coef=0.01,0.05)')
     if not _KEY.match(key):
       raise SweepError(f'--sweep {flag!r}: {key!r} is not a gin binding key such as ppo.kl_coef')
-    values = [v.strip() for v in values_text.split(',')]
+    values = [v.strip() for v in _split_values(flag, values_text)]
     if not all(values):
       raise SweepError(f'--sweep {flag!r}: empty value (values are comma-separated, none empty)')
+    for value in values:
+      _check_gin_value(flag, value)
     if key in spec:
       raise SweepError(f'--sweep {flag!r}: {key} is swept twice; give all its values in one flag')
     spec[key] = values
   return spec
+
+
+_OPEN = {'[': ']', '(': ')', '{': '}'}
+
+
+def _split_values(flag: str, text: str) -> list[str]:
+  """Splits on the commas outside brackets and quotes; unbalanced text is a SweepError."""
+  values, current, closing, quote = [], [], [], None
+  for char in text:
+    if quote:
+      quote = None if char == quote else quote
+    elif char in '\'"':
+      quote = char
+    elif char in _OPEN:
+      closing.append(_OPEN[char])
+    elif char in _OPEN.values():
+      if not closing or closing.pop() != char:
+        raise SweepError(f'--sweep {flag!r}: unbalanced {char!r}')
+    elif char == ',' and not closing:
+      values.append(''.join(current))
+      current = []
+      continue
+    current.append(char)
+  if quote or closing:
+    raise SweepError(f'--sweep {flag!r}: unclosed {quote or "bracket"} in {text!r}')
+  values.append(''.join(current))
+  return values
+
+
+def _check_gin_value(flag: str, value: str) -> None:
+  if value.startswith(('@', '%')):
+    return  # a reference or macro: resolved when the job parses its bindings
+  try:
+    gin.config.parse_value(value)
+  except (SyntaxError, ValueError, tokenize.TokenError) as e:
+    hint = ' (strings need quotes, e.g. \'harmless\')' if value.isidentifier() else ''
+    raise SweepError(f'--sweep {flag!r}: {value!r} is not a gin value{hint}') from e
 
 
 def _literal(value: Any) -> str:

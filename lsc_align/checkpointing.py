@@ -22,8 +22,12 @@ Saving is asynchronous: ``save`` returns once the arrays are copied off the devi
 """
 from __future__ import annotations
 
+import errno
+import logging
 import os
-from typing import Any, Mapping, TypeVar
+import re
+import shutil
+from typing import Any, Callable, Mapping, TypeVar
 
 from etils import epath
 import jax
@@ -33,6 +37,37 @@ State = TypeVar('State')
 
 STATE_ITEM = 'state'
 HOST_ITEM = 'host'
+# Where a save in progress writes (Orbax renames it to the step's name when committed).
+TMP_MARKER = '.orbax-checkpoint-tmp'
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+_ERRNO_TEXT = {'No space left on device': errno.ENOSPC, 'Read-only file system': errno.EROFS,
+               'File name too long': errno.ENAMETOOLONG, 'Permission denied': errno.EACCES,
+               'Disk quota exceeded': errno.EDQUOT}
+
+
+def storage_fault(error: BaseException, where: str) -> OSError | None:
+  """The OSError (errno, path) behind an Orbax/tensorstore failure, if it is a storage fault.
+
+  Orbax re-raises tensorstore's write errors as ValueError("RESOURCE_EXHAUSTED: ... No space
+  left on device [os_error_code='28']") from its background threads; the CLI reports an OSError
+  with an errno in one line, so the fault is translated back.
+  """
+  seen = set()
+  e: BaseException | None = error
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno:
+      return OSError(e.errno, os.strerror(e.errno), e.filename or where)
+    text = str(e)
+    match = _OS_ERROR_CODE.search(text)
+    if match:
+      code = int(match.group(1))
+      return OSError(code, os.strerror(code), where)
+    for phrase, code in _ERRNO_TEXT.items():
+      if phrase in text:
+        return OSError(code, os.strerror(code), where)
+    e = e.__cause__ or e.__context__
+  return None
 
 
 def require_gcs_client(directory: str | os.PathLike[str]) -> None:
@@ -51,6 +86,11 @@ def require_gcs_client(directory: str | os.PathLike[str]) -> None:
     raise ImportError(f'checkpoints in {os.fspath(directory)}: Orbax needs the '
                       'google-cloud-storage package for gs:// directories '
                       '(pip install google-cloud-storage on every worker)')
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {text[0][:200]}' if text else type(error).__name__
 
 
 def abstract_like(template: Any) -> Any:
@@ -104,6 +144,7 @@ class TrainCheckpointer:
     self.directory = epath.Path(directory if '://' in directory else os.path.abspath(directory))
     self.save_interval_steps = save_interval_steps
     self.max_to_keep = max_to_keep
+    self._closed = False
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         # The save cadence is decided here (see should_save); Orbax saves whenever asked.
@@ -144,6 +185,10 @@ class TrainCheckpointer:
     host = {'step': int(step), **dict(host_state or {})}
     if host['step'] != step:
       raise ValueError(f'host_state["step"] = {host["step"]} disagrees with step {step}')
+    return self._guard(lambda: self._save(step, state, host))
+
+  def _save(self, step: int, state: Any, host: dict[str, Any]) -> bool:
+    self._manager.check_for_errors()  # a failed background save surfaces here, not later
     return self._manager.save(
         step,
         args=ocp.args.Composite(**{
@@ -151,6 +196,37 @@ class TrainCheckpointer:
             HOST_ITEM: ocp.args.JsonSave(host),
         }),
         force=True)
+
+  def _guard(self, fn: Callable[[], Any]) -> Any:
+    """Runs an Orbax call; a storage fault becomes an OSError naming the directory, and the
+    half-written step directories are removed so no later run trips over them."""
+    try:
+      return fn()
+    except Exception as e:  # pylint: disable=broad-except
+      fault = storage_fault(e, os.fspath(self.directory))
+      if fault is None:
+        raise
+      # Stop the background writers before their directories are removed: the run ends here.
+      for stop in (self._manager.wait_until_finished, self._manager.close):
+        try:
+          stop()
+        except Exception:  # pylint: disable=broad-except  (the same fault, already reported)
+          pass
+      self._closed = True
+      self.remove_partial_saves()
+      raise fault from e
+
+  def remove_partial_saves(self) -> list[str]:
+    """Deletes step directories of saves that never committed (local directories only)."""
+    directory = os.fspath(self.directory)
+    if '://' in directory or not os.path.isdir(directory):
+      return []
+    removed = []
+    for name in os.listdir(directory):
+      if TMP_MARKER in name:
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+        removed.append(name)
+    return removed
 
   def latest_step(self) -> int | None:
     """The newest committed (or in-flight) checkpoint step, or None if there is none."""
@@ -161,7 +237,10 @@ class TrainCheckpointer:
     return sorted(self._manager.all_steps())
 
   def restore(self, state_template: State, step: int | None = None) -> tuple[State, dict[str, Any]]:
-    """Restores checkpoint ``step`` (default: the latest) into the template's structure.
+    """Restores checkpoint ``step`` (default: the newest readable one) into the template.
+
+    Without ``step``, a damaged newest checkpoint (truncated files, a missing item) is skipped
+    with a warning naming it, and the next older one is tried, down to the oldest kept.
 
     Args:
       state_template: a state with the saved tree structure: concrete arrays (e.g. the freshly
@@ -174,18 +253,49 @@ class TrainCheckpointer:
 
     Raises:
       FileNotFoundError: no checkpoint (at that step) under the directory.
+      ValueError: the checkpoint asked for (or every checkpoint) cannot be read.
     """
-    step = self._resolve_step(step)
-    restored = self._manager.restore(
+    if step is not None:
+      return self._restore_step(state_template, self._resolve_step(step))
+    steps = self.all_steps()
+    if not steps:
+      raise FileNotFoundError(f'no checkpoint under {self.directory}')
+    failures = []
+    for candidate in reversed(steps):
+      try:
+        result = self._restore_step(state_template, candidate)
+      except ValueError as e:
+        failures.append(candidate)
+        logging.warning('checkpoint %s/%d cannot be read (%s); trying an older one',
+                        self.directory, candidate, _first_line(e))
+        continue
+      if failures:
+        logging.warning('restored checkpoint %d of %s: the newer %s could not be read',
+                        candidate, self.directory, ', '.join(map(str, failures)))
+      return result
+    raise ValueError(f'{self.directory}: no readable checkpoint (steps {steps} are all damaged);'
+                     ' delete the directory to start afresh')
+
+  def _restore_step(self, state_template: State, step: int) -> tuple[State, dict[str, Any]]:
+    try:
+      restored = self._read(state_template, step)
+    except (ValueError, KeyError, OSError, TypeError) as e:
+      if isinstance(e, OSError) and storage_fault(e, '') is not None and not isinstance(
+          e, FileNotFoundError):
+        raise
+      raise ValueError(f'{self.directory}/{step}: damaged checkpoint ({_first_line(e)})') from e
+    host = dict(restored[HOST_ITEM])
+    if host.get('step') != step:
+      raise ValueError(f'{self.directory}/{step}: host item has step {host.get("step")}')
+    return restored[STATE_ITEM], host
+
+  def _read(self, state_template: State, step: int) -> Any:
+    return self._manager.restore(
         step,
         args=ocp.args.Composite(**{
             STATE_ITEM: ocp.args.StandardRestore(abstract_like(state_template)),
             HOST_ITEM: ocp.args.JsonRestore(),
         }))
-    host = dict(restored[HOST_ITEM])
-    if host.get('step') != step:
-      raise ValueError(f'{self.directory}/{step}: host item has step {host.get("step")}')
-    return restored[STATE_ITEM], host
 
   def restore_host_state(self, step: int | None = None) -> dict[str, Any]:
     """Only the JSON host item of checkpoint ``step`` (default: latest); no arrays are read."""
@@ -195,13 +305,25 @@ class TrainCheckpointer:
     return dict(restored[HOST_ITEM])
 
   def wait_until_finished(self) -> None:
-    """Blocks until every started save is committed to storage."""
+    """Blocks until every started save is committed; a failed save raises here (OSError for a
+    storage fault such as a full disk, naming the directory)."""
+    if not self._closed:
+      self._guard(self._wait_and_check)
+
+  def _wait_and_check(self) -> None:
     self._manager.wait_until_finished()
+    self._manager.check_for_errors()
 
   def close(self) -> None:
-    """Waits for pending saves and releases Orbax's threads."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for pending saves and releases Orbax's threads (also when a save failed)."""
+    if self._closed:
+      return
+    try:
+      self.wait_until_finished()
+    finally:
+      if not self._closed:
+        self._closed = True
+        self._manager.close()
 
   def __enter__(self) -> TrainCheckpointer:
     return self

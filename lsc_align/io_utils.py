@@ -9,15 +9,39 @@ Paths are strings; ``os.path.join``/``dirname``/``basename`` work on URL strings
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
 import tempfile
-from typing import IO, Any, Iterable, Mapping
+from typing import IO, Any, Collection, Iterable, Mapping
 
 
 PathLike = str | os.PathLike[str]
+
+# OS faults a user can fix (space, permissions, a path the filesystem cannot hold), as opposed to
+# bugs: the CLI reports them in one line naming the path.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG,
+                            errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EIO})
+
+
+class DamagedFileError(ValueError):
+  """A file that exists but cannot be read as what it should be (truncated, corrupt, incomplete).
+
+  The message names the file, what is wrong and what to do.
+  """
+
+
+def is_storage_error(error: BaseException) -> bool:
+  """An OSError from the filesystem or store that the user must fix (full disk, read-only, ...)."""
+  return isinstance(error, OSError) and error.errno in STORAGE_ERRNOS
+
+
+def storage_error_message(error: OSError) -> str:
+  """'PATH: No space left on device' (the path, or 'storage' when the OS did not name one)."""
+  where = error.filename or 'storage'
+  return f'{where}: {error.strerror or os.strerror(error.errno or 0)}'
 
 
 def is_url(path: PathLike) -> bool:
@@ -95,12 +119,58 @@ def read_text(path: PathLike) -> str:
   return read_bytes(path).decode('utf-8')
 
 
-def load_npz(path: PathLike) -> dict[str, Any]:
-  """All arrays of an .npz file, read into memory (the file is closed on return)."""
+_REBUILD = 'delete it and rerun the stage that wrote it'
+
+
+def load_npz(path: PathLike, required: Collection[str] = ()) -> dict[str, Any]:
+  """All arrays of an .npz file, read into memory (the file is closed on return).
+
+  Raises:
+    FileNotFoundError: no such file.
+    DamagedFileError: the file is truncated or corrupt, or lacks one of the `required` arrays.
+  """
   import numpy as np  # pylint: disable=g-import-not-at-top
-  source = io.BytesIO(read_bytes(path)) if is_url(path) else path
-  with np.load(source, allow_pickle=False) as archive:
-    return {name: archive[name] for name in archive.files}
+  path = os.fspath(path)
+  try:
+    source = io.BytesIO(read_bytes(path)) if is_url(path) else path
+    with np.load(source, allow_pickle=False) as archive:
+      arrays = {name: archive[name] for name in archive.files}
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (a damaged archive raises anything)
+    if is_storage_error(e) or isinstance(e, MemoryError):
+      raise
+    raise DamagedFileError(f'{path}: damaged or incomplete .npz ({type(e).__name__}: {e}); '
+                           f'{_REBUILD}') from e
+  missing = sorted(set(required) - set(arrays))
+  if missing:
+    raise DamagedFileError(f'{path}: missing array(s) {", ".join(missing)}; {_REBUILD}')
+  return arrays
+
+
+def read_json(path: PathLike, required: Collection[str] = ()) -> Any:
+  """A JSON file's value; errors name the file (and the line and column of bad JSON).
+
+  Raises:
+    FileNotFoundError: no such file.
+    DamagedFileError: not valid UTF-8 JSON, or an object lacking one of the `required` keys.
+  """
+  path = os.fspath(path)
+  try:
+    value = json.loads(read_text(path))
+  except json.JSONDecodeError as e:
+    raise DamagedFileError(f'{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}); '
+                           f'{_REBUILD}') from e
+  except UnicodeDecodeError as e:
+    raise DamagedFileError(f'{path}: not UTF-8 text; {_REBUILD}') from e
+  if required:
+    if not isinstance(value, dict):
+      raise DamagedFileError(f'{path}: expected a JSON object, got {type(value).__name__}; '
+                             f'{_REBUILD}')
+    missing = sorted(set(required) - set(value))
+    if missing:
+      raise DamagedFileError(f'{path}: missing key(s) {", ".join(missing)}; {_REBUILD}')
+  return value
 
 
 def file_digest(path: PathLike) -> str:
@@ -121,10 +191,28 @@ def file_signature(path: PathLike) -> tuple[int, int]:
   return stat.st_size, stat.st_mtime_ns
 
 
+def remove(path: PathLike) -> None:
+  """Deletes a file (FileNotFoundError when there is none)."""
+  if is_url(path):
+    p = _epath(path)
+    if not p.exists():
+      raise FileNotFoundError(errno.ENOENT, 'No such file', os.fspath(path))
+    p.unlink()
+  else:
+    os.unlink(path)
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
   """Writes bytes so a reader sees either the old file or the whole new one, never a part.
 
-  Local paths: a temporary file in the same directory, fsync, rename. Object stores (gs://, ...)
+  Local paths: a temporary file in the same directory, fsync, rename; the file gets the mode an
+  ordinary open() would (0666 less the umask), not mkstemp's 0600. Object stores (gs://, ...)
   publish an object whole, so those are written directly through etils.epath.
   """
   path = os.fspath(path)
@@ -136,14 +224,17 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
   try:
+    os.fchmod(fd, 0o666 & ~_umask())
     with os.fdopen(fd, 'wb') as f:
       f.write(data)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     if os.path.exists(tmp):
       os.unlink(tmp)
+    if isinstance(e, OSError) and not e.filename and e.errno:  # write() names no file
+      raise OSError(e.errno, os.strerror(e.errno), path) from e
     raise
 
 

@@ -80,6 +80,46 @@ def read_metrics(path: str | os.PathLike[str]) -> list[MetricRecord]:
   return records
 
 
+class EventLog:
+  """TensorBoard scalars written in the caller's thread (tensorboardX's event-file format).
+
+  tensorboardX's SummaryWriter writes from a background thread: when that thread dies (a full
+  disk, a read-only filesystem) the error never reaches the training loop, and once its queue is
+  full every later add blocks forever. Here each write raises where it is called. With
+  `purge_step`, a session START event at that step makes TensorBoard hide the events at or after
+  it from earlier files (the interrupted run's steps past the restored checkpoint).
+  """
+
+  FLUSH_SECONDS = 30.0  # so a live TensorBoard sees new points between checkpoints
+
+  def __init__(self, directory: str | os.PathLike[str], purge_step: int | None = None) -> None:
+    from tensorboardX import event_file_writer  # pylint: disable=g-import-not-at-top
+    from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+    self._event_pb2 = event_pb2
+    self._last_flush = time.monotonic()
+    self._writer = event_file_writer.EventsWriter(os.path.join(os.fspath(directory), 'events'))
+    if purge_step is not None:
+      self._writer.write_event(event_pb2.Event(step=purge_step, file_version='brain.Event:2'))
+      self._writer.write_event(event_pb2.Event(
+          step=purge_step, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+
+  def add_scalars(self, step: int, scalars: Mapping[str, float | int],
+                  wall_time: float) -> None:
+    from tensorboardX import summary  # pylint: disable=g-import-not-at-top
+    for key, value in scalars.items():
+      self._writer.write_event(self._event_pb2.Event(
+          wall_time=wall_time, step=step, summary=summary.scalar(key, float(value))))
+    if time.monotonic() - self._last_flush > self.FLUSH_SECONDS:
+      self.flush()
+
+  def flush(self) -> None:
+    self._writer.flush()
+    self._last_flush = time.monotonic()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
 class MetricsWriter:
   """Writes each step's scalars to ``<directory>/metrics.jsonl`` and TensorBoard event files.
 
@@ -151,8 +191,7 @@ class MetricsWriter:
       self._buffered_rows.append(row)
     writer = self._tb() if self._tensorboard else None
     if writer is not None:
-      for key, value in record.scalars.items():
-        writer.add_scalar(key, value, global_step=record.step, walltime=record.wall_time)
+      writer.add_scalars(record.step, record.scalars, record.wall_time)
     return record
 
   def flush(self) -> None:
@@ -178,10 +217,8 @@ class MetricsWriter:
 
   def _tb(self) -> Any:
     if self._tb_writer is None:
-      import tensorboardX  # pylint: disable=g-import-not-at-top  (only process 0 needs it)
       try:
-        self._tb_writer = tensorboardX.SummaryWriter(
-            logdir=os.fspath(self.directory), purge_step=self._purge_step, flush_secs=30)
+        self._tb_writer = EventLog(self.directory, purge_step=self._purge_step)
       except ImportError as e:
         # tensorboardX writes gs:// only with google-cloud-storage; the JSONL copy still works.
         logging.warning('TensorBoard events disabled for %s: %s', self.directory, e)

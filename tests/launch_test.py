@@ -330,6 +330,27 @@ def test_sweep_expansion_order_names_and_bindings():
   assert sweep.point_run_dir('gs://b/runs', sweep.expand({})[0]) == 'gs://b/runs'
 
 
+def test_sweep_values_split_outside_brackets_and_quotes():
+  spec = sweep.parse_sweep_flags(["run_ppo.seed=[1,2],[3,4]", "x.mode='a,b','c'", 'y.r=@f,%M'])
+  assert spec == {'run_ppo.seed': ['[1,2]', '[3,4]'], 'x.mode': ["'a,b'", "'c'"],
+                  'y.r': ['@f', '%M']}
+  assert [p.bindings[0] for p in sweep.expand({'s': spec['run_ppo.seed']})] == [
+      's = [1,2]', 's = [3,4]']
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('run_ppo.seed=[1,2', "unclosed bracket in '[1,2'"),
+    ('run_ppo.seed=1]', "unbalanced ']'"),
+    ("x.mode='a", 'unclosed \''),
+    ('x.mode=harmless', "'harmless' is not a gin value (strings need quotes"),
+    ('x.a=$1', "'$1' is not a gin value"),
+])
+def test_sweep_values_that_are_not_gin_values(flag, message):
+  with pytest.raises(sweep.SweepError) as info:
+    sweep.parse_sweep_flags([flag])
+  assert message in str(info.value) and flag in str(info.value)
+
+
 def test_sweep_names_disambiguate_and_sanitise():
   points = sweep.expand({'a/ppo.lr': ['1'], 'b/ppo.lr': ['2'], 'run.data': ["'gs://b/x'"]})
   assert points[0].name == 'a_ppo.lr=1,b_ppo.lr=2,data=gs___b_x'

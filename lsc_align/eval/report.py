@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from typing import Any, Mapping, Sequence
 
@@ -274,6 +275,15 @@ def render_markdown(results: Sequence[RunResult], points: Sequence[FrontierPoint
   return '\n'.join(lines)
 
 
+def _check_kls(matched_kl: float | None, comparison_kls: Sequence[float] | None) -> None:
+  """A KL is a finite number >= 0 (KL(π‖π0) cannot be negative): refused before anything is read."""
+  given = [('--matched_kl', matched_kl)] if matched_kl is not None else []
+  given += [('comparison_kls', kl) for kl in (comparison_kls or ())]
+  for name, kl in given:
+    if isinstance(kl, bool) or not isinstance(kl, (int, float)) or not math.isfinite(kl) or kl < 0:
+      raise ValueError(f'report {name} must be a finite KL >= 0, got {kl!r}')
+
+
 def write_report(source: str | os.PathLike[str] | Sequence[RunResult | Mapping[str, Any]],
                  out_dir: str | os.PathLike[str], matched_kl: float | None = None,
                  comparison_kls: Sequence[float] | None = None,
@@ -293,6 +303,7 @@ def write_report(source: str | os.PathLike[str] | Sequence[RunResult | Mapping[s
   Raises:
     ValueError: no results, or an eval result fails validation (naming its file and field).
   """
+  _check_kls(matched_kl, comparison_kls)
   results = eval_results.load_run_results(source)
   if not results:
     raise ValueError(f'no eval results found in {source!r}')

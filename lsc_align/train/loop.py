@@ -278,14 +278,15 @@ def run_training(
     if latest is not None and not resume:
       raise ValueError(f'{checkpointer.directory} already has checkpoints (latest step {latest});'
                        ' resume, or start in a new directory')
-    if latest is not None:
-      state, host_state = checkpointer.restore(state, latest)
+    if latest is not None:  # the newest readable checkpoint (a damaged newer one is skipped)
+      state, host_state = checkpointer.restore(state)
       start_step = int(host_state['step'])
       if hasattr(state, 'step') and int(jax.device_get(state.step)) != start_step:
-        raise ValueError(f'checkpoint {latest}: state.step {int(state.step)} != {start_step}')
+        raise ValueError(f'checkpoint {start_step}: state.step {int(state.step)} != '
+                         f'{start_step}')
       if load_host_state is not None:
         load_host_state(host_state)
-      logging.info('resumed from checkpoint %d in %s', latest, checkpointer.directory)
+      logging.info('resumed from checkpoint %d in %s', start_step, checkpointer.directory)
   if metrics_writer is not None:
     metrics_writer.truncate_after(start_step)
   if progress is None:

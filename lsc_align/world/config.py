@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
+import numbers
 from typing import Any, Mapping
 
 import gin
@@ -321,6 +323,52 @@ def _validate(config: WorldConfig) -> None:
     raise ValueError('WorldConfig.harmful_mode_weights must be 4 non-negative weights')
   if config.max_sentences > len(config.list_markers):
     raise ValueError('WorldConfig.max_sentences exceeds the number of list markers')
+  _validate_numbers(config)
   for name in ('train_prompts', 'test_prompts', 'pairs_per_prompt', 'max_response_words'):
     if getattr(config, name) < 1:
-      raise ValueError(f'WorldConfig.{name} must be >= 1')
+      raise ValueError(f'WorldConfig.{name} must be >= 1, got {getattr(config, name)!r}')
+
+
+# Ranges by the field's role (its name); every number must be finite, ints must be ints.
+_UNIT_INTERVAL = ('_prob', '_share', '_severity')
+_POSITIVE = ('_saturation', '_label_scale')
+_NON_NEGATIVE = ('_cost', '_value', '_max', '_std', '_floor', '_weight', 'max_log_',
+                 'length_budget', 'list_pay_max', 'max_sentences')
+
+
+def _check_number(name: str, value: Any, integral: bool) -> None:
+  if integral:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+      raise ValueError(f'WorldConfig.{name} must be an int, got {value!r}')
+  elif isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(
+      value):
+    raise ValueError(f'WorldConfig.{name} must be a finite number, got {value!r}')
+  if any(name.endswith(k) for k in _UNIT_INTERVAL) and not 0 <= value <= 1:
+    raise ValueError(f'WorldConfig.{name} must be in [0, 1], got {value!r}')
+  if any(name.endswith(k) for k in _POSITIVE) and value <= 0:
+    raise ValueError(f'WorldConfig.{name} must be > 0, got {value!r}')
+  if any(k in name for k in _NON_NEGATIVE) and value < 0:
+    raise ValueError(f'WorldConfig.{name} must be >= 0, got {value!r}')
+
+
+def _validate_numbers(config: WorldConfig) -> None:
+  """Every numeric field is a finite number of its type, in its range (e.g. no 1e999, no 'many')."""
+  defaults = WorldConfig.__dataclass_fields__  # pylint: disable=no-member
+  for name, field in defaults.items():
+    default = field.default
+    value = getattr(config, name)
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+      _check_number(name, value, integral=isinstance(default, int))
+    elif isinstance(default, tuple) and default and all(
+        isinstance(v, float) for v in default):
+      if not isinstance(value, tuple) or len(value) != len(default):
+        raise ValueError(f'WorldConfig.{name} must be {len(default)} numbers, got {value!r}')
+      for v in value:
+        _check_number(name, v, integral=False)
+  for word, log_difficulty in config.difficulty_modifiers:
+    _check_number(f'difficulty_modifiers[{word!r}]', log_difficulty, integral=False)
+  for topic in config.topics:
+    _check_number(f'topics[{topic.name!r}].sensitivity', topic.sensitivity, integral=False)
+    if not 0 <= topic.sensitivity <= 1:
+      raise ValueError(f'Topic {topic.name!r}: sensitivity must be in [0, 1], got '
+                       f'{topic.sensitivity!r}')
