@@ -32,7 +32,7 @@ FLOORS = {
     'lsc_align.configs': 0, 'lsc_align': 0,
     # core modules that use io_utils
     'lsc_align.gin_utils': 0.5, 'lsc_align.partitioning': 0.5, 'lsc_align.distributed': 0.5,
-    'lsc_align.checkpointing': 0.5, 'lsc_align.training_log': 0.5,
+    'lsc_align.checkpointing': 0.5, 'lsc_align.training_log': 0.5, 'lsc_align.run_lock': 0.5,
     'lsc_align.rewards': 1, 'lsc_align.models': 1, 'lsc_align.world': 1,
     'lsc_align.data': 2,
     'lsc_align.train': 3,
