@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Callable, Mapping
 
@@ -179,10 +178,6 @@ def load_params(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def count_params(params: Any) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(params))))
-
-
-def mean_or_nan(values: np.ndarray) -> float:
-  return float(np.mean(values)) if len(values) else math.nan
 
 
 def as_float_dict(tree: Mapping[str, Any]) -> dict[str, Any]:
