@@ -143,7 +143,7 @@ def session(run_dir: str, mesh: Any, checkpoint_every: int) -> Iterator[Session]
   writer = training_log.MetricsWriter(run_dir)
   gin_utils.write_operative_config(run_dir)
   checkpointer = checkpointing.TrainCheckpointer(
-      os.path.join(run_dir, 'checkpoints'), save_interval_steps=checkpoint_every, max_to_keep=2)
+      checkpointing.checkpoint_dir(run_dir), save_interval_steps=checkpoint_every, max_to_keep=2)
   with partitioning.activate(mesh), checkpointer, writer:
     yield Session(writer, checkpointer)
 

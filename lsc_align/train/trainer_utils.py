@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 import numpy as np
 import optax
 
+from lsc_align import checkpointing
 from lsc_align import io_utils
 from lsc_align import partitioning
 from lsc_align.train import loop
@@ -126,7 +127,7 @@ def check_run_dir(run_dir: str, resume: bool, finished_file: str) -> None:
   if io_utils.exists(finished):
     raise ValueError(f'{run_dir} already holds a finished run ({finished_file}); choose a new '
                      'run directory, or delete this one to train again')
-  checkpoints = os.path.join(run_dir, 'checkpoints')
+  checkpoints = checkpointing.checkpoint_dir(run_dir)
   if io_utils.isdir(checkpoints) and any(n.isdigit() for n in io_utils.listdir(checkpoints)):
     raise ValueError(f'{run_dir} already has checkpoints of a run: add --resume to continue it '
                      '(resume=True), or choose a new run directory')
