@@ -202,7 +202,10 @@ def test_required_binding_missing(tmp_path, capsys):
 
 @pytest.mark.parametrize('binding,fragment', [
     ("train_reward_model.world_labels = 'gold'", 'train_reward_model.world_labels'),
-    ('train_reward_model.batch_size = 12', 'train_reward_model.batch_size = 12'),
+    ('train_reward_model/TrainerSettings.batch_size = 12',
+     'train_reward_model/TrainerSettings.batch_size = 12'),
+    ('train_reward_model/TrainerSettings.learning_rate = -1.0',
+     'train_reward_model/TrainerSettings.learning_rate = -1.0: must be a finite number > 0'),
     ('T5EncoderConfig.vocab_size = 5', 'T5EncoderConfig.vocab_size = 5'),
     ("train_reward_model.property_name = 'honest'", 'train_reward_model.property_name'),
 ])

@@ -26,8 +26,8 @@ from lsc_align import checkpointing
 from lsc_align import io_utils
 from lsc_align import partitioning
 from lsc_align.train import loop
+from lsc_align.train.settings import SCHEDULES
 
-SCHEDULES = ('constant', 'cosine')
 
 
 def learning_rate_schedule(learning_rate: float, warmup_steps: int, total_steps: int,
