@@ -5,14 +5,18 @@ with bad data, gin files or bindings, flags, paths or resume state, and checks t
 user sees. Cases that fail on bad input also check that nothing was left behind that a rerun
 would take for a finished stage.
 """
+import dataclasses
 import gzip
 import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
 from lsc_align import cli
+from lsc_align import gin_utils
 
 GOOD = {'chosen': '\n\nHuman: How do I boil an egg?\n\nAssistant: Put it in boiling water.',
         'rejected': '\n\nHuman: How do I boil an egg?\n\nAssistant: No idea.'}
@@ -340,12 +344,11 @@ def test_resume_into_a_run_of_another_config(tiny_experiment, tmp_path, capsys):
 
 def test_unexpected_errors_keep_their_traceback(monkeypatch):
   """A bug (here a TypeError raised inside the command) is not dressed up as a user error."""
-  from lsc_align.rewards import example  # pylint: disable=g-import-not-at-top
-
   def broken(_):
     raise TypeError('a bug')
 
-  monkeypatch.setattr(example, 'main', broken)
+  monkeypatch.setitem(cli.COMMANDS, 'example',
+                      dataclasses.replace(cli.COMMANDS['example'], run=broken))
   with pytest.raises(TypeError, match='a bug'):
     cli.main(['example'])
 
@@ -360,3 +363,21 @@ def test_error_from_a_library_is_not_a_user_error():
     os.makedirs(__file__)
   except FileExistsError as e:  # raised in the standard library, called from here: not ours
     assert not cli.is_user_error(e)
+
+
+def test_the_table_registers_every_configurable_and_leaves_tensorflow_unloaded():
+  """Importing the CLI (as `lsc-align --help` does) imports every command's function, so any
+  run config parses whatever the command; seqio / TensorFlow wait for `vocab`."""
+  configs = sorted(str(p.relative_to(gin_utils.CONFIG_DIR))
+                   for p in gin_utils.CONFIG_DIR.rglob('*.gin') if p.parts[-2] != 'objectives')
+  code = ('import sys, gin\n'
+          'from lsc_align import cli, gin_utils\n'
+          'cli.build_parser()\n'
+          f'for name in {configs!r}:\n'
+          '  gin_utils.parse([name], finalize=False)\n'
+          'print(len(cli.COMMANDS), "tensorflow" in sys.modules, "seqio" in sys.modules)\n')
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split() == [str(len(cli.COMMANDS)), 'False', 'False']
+  assert len(configs) > 10
