@@ -31,5 +31,7 @@ setuptools.setup(
     package_data={'lsc_align.configs': CONFIG_FILES},
     install_requires=_requirements('requirements.txt'),
     extras_require={'test': _requirements('requirements-test.txt')},
-    entry_points={'console_scripts': ['lsc-align=lsc_align.cli:main']},
+    entry_points={'console_scripts': ['lsc-align=lsc_align.cli:main'],
+                  # Commands added to lsc-align from above the library (lsc_align.cli).
+                  'lsc_align.commands': ['launch=launch.command:COMMAND']},
 )

@@ -96,7 +96,7 @@ def _run_share(run_dir: str, exp: layout.ExperimentDirs, models: pools_stage.Mod
   objective = Objective.from_dict(info['objective'])
   gamma, hp = float(info['kl_coef']), ppo_step.PPOHyperparams(**info['hp'])
   template = ppo.init_state(models.policy_params, hp, info['seed'])
-  with checkpointing.TrainCheckpointer(os.path.join(run_dir, 'checkpoints')) as checkpointer:
+  with checkpointing.TrainCheckpointer(checkpointing.checkpoint_dir(run_dir)) as checkpointer:
     step = int(at) if at else checkpointer.latest_step()
     state, _ = checkpointer.restore(template, step)
   result = policy_share(state.policy.params, objective, gamma, exp, models, arrays, prompts,

@@ -125,8 +125,8 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
     raise UsageError(f'--subcommand is required for --action {args.action}: the lsc-align '
                      'sub-command to run on every worker, e.g. ppo')
   if args.subcommand:
-    from lsc_align import cli  # pylint: disable=g-import-not-at-top  (its table, no jax)
-    jobs = sorted(name for name in cli.COMMANDS if name != 'launch')
+    from lsc_align import cli  # pylint: disable=g-import-not-at-top  (only when a job runs)
+    jobs = sorted(cli.COMMANDS)  # the library's commands (launch is not one)
     if args.subcommand not in jobs:
       raise UsageError(f'--subcommand {args.subcommand!r} is not an lsc-align command; one of '
                        f'{", ".join(jobs)}')

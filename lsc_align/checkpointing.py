@@ -108,11 +108,21 @@ def abstract_like(template: Any) -> Any:
   return jax.tree.map(leaf, template)
 
 
+# The subdirectory of a run directory that holds its checkpoints (every trainer, PPO / RLOO run
+# and the stages that ask whether a run can resume use this name).
+CHECKPOINTS_DIR = 'checkpoints'
+
+
+def checkpoint_dir(run_dir: str | os.PathLike[str]) -> str:
+  """Where a run directory's checkpoints live: RUN_DIR/checkpoints."""
+  return os.path.join(os.fspath(run_dir), CHECKPOINTS_DIR)
+
+
 class TrainCheckpointer:
   """A thin wrapper over ``orbax.checkpoint.CheckpointManager`` for one run's checkpoints.
 
   Example:
-    ckpt = TrainCheckpointer(run_dir / 'checkpoints', save_interval_steps=500, max_to_keep=3)
+    ckpt = TrainCheckpointer(checkpoint_dir(run_dir), save_interval_steps=500, max_to_keep=3)
     if ckpt.latest_step() is not None:
       state, host = ckpt.restore(state)          # state: the freshly initialised (sharded) state
     ...

@@ -1,8 +1,11 @@
 """The `lsc-align` command line: parses flags and gin, then calls one library function.
 
 Every sub-command takes `--gin_file` (repeatable; a path, or a name relative to configs/) and
-`--gin_param` (repeatable bindings such as `train_reward_model.steps = 200`). Modules are
-imported only when their command runs, so `lsc-align --help` stays fast.
+`--gin_param` (repeatable bindings such as `train_reward_model/TrainerSettings.steps = 200`).
+The table below names each command's function itself; importing them registers every gin
+configurable any command may reach, before gin parses. TensorFlow (seqio) loads only when
+`vocab` runs. Packages above the library add commands through the `lsc_align.commands` entry
+point group (the TPU launcher adds `launch`), so the library never imports them.
 
 Paths given as flags may be relative to the working directory; they are made absolute here
 (URLs such as gs://... pass unchanged), and path-valued gin bindings are made absolute by the
@@ -14,32 +17,39 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
+import importlib.metadata
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from lsc_align import distributed
+from lsc_align import gin_utils
 from lsc_align import io_utils
+from lsc_align.eval import report
+from lsc_align.eval import rm_diagnostics
+from lsc_align.pipeline import commands as stages
+from lsc_align.pipeline import demo
+from lsc_align.pipeline import ppo_flags
+from lsc_align.pipeline import worlds
+from lsc_align.rewards import example
+from lsc_align.train import reference_trainer
+from lsc_align.train import reward_model_trainer
+from lsc_align.train import sft_trainer
+from lsc_align.world import dataset as world_dataset
+from lsc_align.world import stats as world_stats
 
 
 @dataclasses.dataclass(frozen=True)
 class Command:
-  module: str
-  function: str  # called as function(args: argparse.Namespace) -> int | None
+  run: Callable[[argparse.Namespace], int | None]
   help: str
   flags: tuple[tuple[str, dict[str, Any]], ...] = ()
   default_gin_files: tuple[str, ...] = ()  # used when no --gin_file is given
 
 
-# Modules whose gin configurables any command may reach; imported before gin is parsed and
-# locked. They import jax but not TensorFlow.
-CONFIGURABLE_MODULES = ('lsc_align.world.config', 'lsc_align.world.dataset',
-                        'lsc_align.models.t5_encoder',
-                        'lsc_align.models.reward_model', 'lsc_align.models.policy',
-                        'lsc_align.rewards.objectives', 'lsc_align.pipeline.pools_stage',
-                        'lsc_align.pipeline.runs', 'lsc_align.pipeline.experiment',
-                        'lsc_align.pipeline.reference_stage',
-                        'lsc_align.pipeline.demo')
+# setup.py's entry points of this group are commands added from above the library (name =
+# module:Command), such as the TPU launcher's `launch`.
+PLUGIN_GROUP = 'lsc_align.commands'
 
 EXIT_USER_ERROR = 2  # as argparse's own usage errors
 DEBUG_ENV = 'LSC_ALIGN_DEBUG'
@@ -56,9 +66,11 @@ _LENIENT = ('--lenient', {'action': 'store_true', 'default': None,
                           'help': 'skip bad data lines (counted, listed in the output directory) '
                                   'instead of stopping at the first'})
 
-def _launch_flags() -> tuple[tuple[str, dict[str, Any]], ...]:
-  from launch import tpu  # pylint: disable=g-import-not-at-top  (standard library only)
-  return tpu.FLAGS
+def _vocab(args: argparse.Namespace) -> int:
+  """lsc_align.data.vocab.main, imported when the command runs: seqio and TensorFlow take
+  seconds to load, too long for every command and --help."""
+  from lsc_align.data import vocab  # pylint: disable=g-import-not-at-top
+  return vocab.main(args)
 
 
 _EXP_DIR = _path('--exp_dir', required=True,
@@ -67,15 +79,15 @@ _OBJECTIVE = ('--objective', {'required': True,
                               'help': 'objective name under configs/objectives/, or a .gin path'})
 
 COMMANDS: dict[str, Command] = {
-    'example': Command('lsc_align.rewards.example', 'main',
+    'example': Command(example.main,
                        'print the reward library on the paper\'s worked examples'),
-    'world': Command('lsc_align.world.dataset', 'main',
+    'world': Command(world_dataset.main,
                      'write the embedded preference world (HH layout) to --out',
                      (_path('--out', required=True, help='output directory'),)),
-    'world-stats': Command('lsc_align.world.stats', 'stats_main',
+    'world-stats': Command(world_stats.stats_main,
                            'print the world\'s measured properties (Bayes accuracy, ...)',
                            (_path('--data', required=True, help='world directory'),)),
-    'vocab': Command('lsc_align.data.vocab', 'main',
+    'vocab': Command(_vocab,
                      'train a SentencePiece vocabulary on HH-layout training text', (
                          _path('--data_dir', required=True),
                          _path('--out', required=True, help='path of the .model file'),
@@ -88,13 +100,13 @@ COMMANDS: dict[str, Command] = {
                          ('--num_threads', {'type': int, 'default': 1}),
                          _LENIENT,
                      )),
-    'train-rm': Command('lsc_align.train.reward_model_trainer', 'main',
+    'train-rm': Command(reward_model_trainer.main,
                         'train a Bradley-Terry reward model for one property',
                         (_RUN_DIR, _RESUME, _LENIENT,
                          _path('--init_t5x_checkpoint', default=None,
                                help='start the encoder from this T5X checkpoint'))),
     'train-reference': Command(
-        'lsc_align.train.reference_trainer', 'main',
+        reference_trainer.main,
         'train the reference-reward predictor r_mean(x), r_std(x) of one property', (
             _RUN_DIR, _RESUME,
             _path('--pool_file', default=None,
@@ -102,30 +114,30 @@ COMMANDS: dict[str, Command] = {
             _path('--reward_model_dir', default=None,
                   help='the reward model run that scored the pool (default: gin)'),
             ('--property_name', {'default': None, 'choices': ('helpful', 'harmless')}))),
-    'references': Command('lsc_align.pipeline.commands', 'references_main',
+    'references': Command(stages.references_main,
                           'reference pool, predictors and their calibration for an experiment',
                           (_EXP_DIR, ('--properties', {
                               'default': None,
                               'help': 'comma-separated (default: helpful,harmless)'}))),
-    'rm-diagnose': Command('lsc_align.eval.rm_diagnostics', 'main',
+    'rm-diagnose': Command(rm_diagnostics.main,
                            'which gold terms a world reward model gets wrong (JSON)', (
                                _RUN_DIR,
                                _path('--data', default=None,
                                      help='world directory (default: the run\'s)'),
                                ('--split', {'default': 'test'}),
                            )),
-    'sft': Command('lsc_align.train.sft_trainer', 'main',
+    'sft': Command(sft_trainer.main,
                    'train the SFT policy pi0 on the SFT task', (_RUN_DIR, _RESUME, _LENIENT)),
-    'pools': Command('lsc_align.pipeline.commands', 'pools_main',
+    'pools': Command(stages.pools_main,
                      'world, reward models, pi0 and the pi0 sample pools of an experiment',
                      (_EXP_DIR, _LENIENT)),
-    'bok': Command('lsc_align.pipeline.commands', 'bok_main',
+    'bok': Command(stages.bok_main,
                    'best-of-k for each k of run_best_of_k.ks on an experiment\'s pool',
                    (_EXP_DIR, _OBJECTIVE)),
-    'optimum': Command('lsc_align.pipeline.commands', 'optimum_main',
+    'optimum': Command(stages.optimum_main,
                        'the closed-form KL-regularised optimum for each gamma',
                        (_EXP_DIR, _OBJECTIVE)),
-    'ppo': Command('lsc_align.pipeline.commands', 'ppo_main',
+    'ppo': Command(stages.ppo_main,
                    'PPO with a transformed / aggregated reward, then its evaluation', (
                        _EXP_DIR, _OBJECTIVE, _RESUME,
                        ('--kl_coef', {'type': float, 'default': None, 'help': 'gamma'}),
@@ -134,25 +146,25 @@ COMMANDS: dict[str, Command] = {
                        ('--seed', {'type': int, 'default': None}),
                        _path('--run_dir', default=None,
                              help='default EXP/runs/ppo_<objective>_g<gamma>_s<seed>'),
-                       importlib.import_module('lsc_align.pipeline.ppo_flags').LEARNER_FLAG,
+                       ppo_flags.LEARNER_FLAG,
                    )),
-    'eval': Command('lsc_align.pipeline.commands', 'eval_main',
+    'eval': Command(stages.eval_main,
                     'evaluate a PPO run directory from its checkpoint (win rates, KL, shortcuts)',
                     (_path('--run_dir', required=True),
                      ('--step', {'type': int, 'default': None,
                                  'help': 'checkpoint step (default: the latest)'}))),
-    'sweep': Command('lsc_align.pipeline.commands', 'sweep_main',
+    'sweep': Command(stages.sweep_main,
                      'run every point of the bound run_sweep that has no results yet',
                      (_EXP_DIR,)),
-    'demo': Command('lsc_align.pipeline.demo', 'demo_main',
+    'demo': Command(demo.demo_main,
                     'the main job: world, reward models, pi0, best-of-k, PPO raw vs LSC, report',
                     (_path('--out', default='lsc_demo', help='experiment directory'),),
                     ('experiments/demo.gin',)),
-    'reproduce': Command('lsc_align.pipeline.demo', 'reproduce_main',
+    'reproduce': Command(demo.reproduce_main,
                          'the paper\'s experiments on the world, several seeds, with the report',
                          (_path('--out', default='lsc_reproduce', help='experiment directory'),),
                          ('experiments/reproduce.gin',)),
-    'claims': Command('lsc_align.pipeline.worlds', 'claims_main',
+    'claims': Command(worlds.claims_main,
                       'LSC sum vs the best weighted raw sum (AND win rate) over several worlds', (
                           _path('--out', default='lsc_claims',
                                 help='output root (one experiment directory per world)'),
@@ -163,10 +175,7 @@ COMMANDS: dict[str, Command] = {
                           ('--ppo', {'action': 'store_true', 'default': None,
                                      'help': 'also PPO per world (costly)'})),
                       ('experiments/worlds.gin',)),
-    'launch': Command('launch.tpu', 'main',
-                      'create / install / run / delete TPU VMs; sweeps per point or sequential',
-                      _launch_flags()),
-    'report': Command('lsc_align.eval.report', 'main',
+    'report': Command(report.main,
                       'write report.md and figures from the eval results of a sweep', (
                           _path('--sweep_dir', required=True),
                           _path('--out_dir', default=None),
@@ -176,15 +185,27 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+def plugin_commands() -> dict[str, Command]:
+  """The commands of the PLUGIN_GROUP entry points of the installed packages, by name."""
+  found = {}
+  for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+    if entry.name in COMMANDS:
+      raise ValueError(f'entry point {entry.value}: {entry.name!r} is a library command')
+    found[entry.name] = entry.load()
+  return found
+
+
 def build_parser() -> argparse.ArgumentParser:
+  """The `lsc-align` parser: every command of COMMANDS and of plugin_commands()."""
   parser = argparse.ArgumentParser(prog='lsc-align', description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest='command', required=True)
-  for name, command in COMMANDS.items():
+  for name, command in {**COMMANDS, **plugin_commands()}.items():
     p = sub.add_parser(name, help=command.help, description=command.help)
     p.add_argument('--gin_file', action='append', default=[],
                    help='gin file (path, or name under configs/); repeatable')
     p.add_argument('--gin_param', action='append', default=[],
-                   help='gin binding, e.g. "ppo.gamma = 0.05"; repeatable')
+                   help='gin binding, e.g. "train_reward_model/TrainerSettings.steps = 200"; '
+                        'repeatable')
     p.add_argument('--debug', action='store_true',
                    help=f'show the traceback of an error (also: {DEBUG_ENV}=1)')
     for flag, kwargs in command.flags:
@@ -250,15 +271,10 @@ def error_message(error: BaseException) -> str:
 
 def _run(args: argparse.Namespace) -> int:
   command: Command = args._command  # pylint: disable=protected-access
-  if command.module.startswith('lsc_align.'):  # jobs, not the launcher
-    from lsc_align import distributed  # pylint: disable=g-import-not-at-top
+  if command.run.__module__.startswith('lsc_align.'):  # jobs, not the launcher
     distributed.maybe_initialize()  # on a pod (driven by the environment), before any JAX use
-  module = importlib.import_module(command.module)  # registers its gin configurables
-  for name in CONFIGURABLE_MODULES:  # and those a command may import lazily after parsing
-    importlib.import_module(name)
-  from lsc_align import gin_utils  # pylint: disable=g-import-not-at-top
   gin_utils.parse(args.gin_file or list(command.default_gin_files), args.gin_param)
-  return int(getattr(module, command.function)(args) or 0)
+  return int(command.run(args) or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,45 +33,6 @@ class GinConfigError(ValueError):
   """A gin file or binding could not be applied; the message names it."""
 
 
-# Modules that gin files may import by their former names, and where they live now.
-MOVED_MODULES = {
-    'lsc_align.data.world_config': 'lsc_align.world.config',
-    'lsc_align.data.world_grammar': 'lsc_align.world.grammar',
-    'lsc_align.data.world_gold': 'lsc_align.world.gold',
-    'lsc_align.data.world_judge': 'lsc_align.world.judge',
-    'lsc_align.data.world_stats': 'lsc_align.world.stats',
-    'lsc_align.data.world': 'lsc_align.world.dataset',
-    'lsc_align.data.word_vocab': 'lsc_align.world.vocabulary',
-    'lsc_align.train.world_policy_entropy': 'lsc_align.world.policy_entropy',
-    'lsc_align.train.data_arrays': 'lsc_align.data.arrays',
-    'lsc_align.metrics': 'lsc_align.training_log',
-    'lsc_align.eval.metrics': 'lsc_align.eval.win_rates',
-    'lsc_align.train.ppo_math': 'lsc_align.align.ppo_math',
-    'lsc_align.train.ppo_step': 'lsc_align.align.ppo_step',
-    'lsc_align.train.ppo': 'lsc_align.align.ppo',
-    'lsc_align.train.rloo': 'lsc_align.align.rloo',
-    'lsc_align.train.critic': 'lsc_align.align.critic',
-    'lsc_align.train.convergence': 'lsc_align.align.convergence',
-    'lsc_align.train.ground_truth': 'lsc_align.align.ground_truth',
-    'lsc_align.train.best_of_k': 'lsc_align.align.best_of_k',
-    'lsc_align.train.optimum': 'lsc_align.align.optimum',
-    'lsc_align.train.optimum_checks': 'lsc_align.align.optimum_checks',
-    'lsc_align.train.references': 'lsc_align.align.references',
-    'lsc_align.train.pools': 'lsc_align.pipeline.layout',
-    'lsc_align.align.pools': 'lsc_align.pipeline.layout',
-    'lsc_align.pipeline.align': 'lsc_align.pipeline.runs',
-}
-
-
-def _moved_hint(error: Exception) -> str:
-  """'; X moved to Y ...' when the error is the import of a module under its former name."""
-  text = str(error)
-  for old in sorted(MOVED_MODULES, key=len, reverse=True):
-    if f"'{old}'" in text or f'"{old}"' in text or text.rstrip().endswith(old):
-      return f'; {old} is now {MOVED_MODULES[old]}: change the import line'
-  return ''
-
-
 def resolve_gin_file(name: str) -> str:
   """A path as given, else the same name under configs/ (with or without '.gin')."""
   for candidate in (pathlib.Path(name), CONFIG_DIR / name, CONFIG_DIR / f'{name}.gin'):
@@ -132,13 +93,13 @@ def _parse(gin_files: Sequence[str], gin_params: Sequence[str], finalize: bool) 
     try:
       parsed = gin.parse_config_file(path)
     except Exception as e:  # gin raises several types; all mean "this file is wrong"
-      raise GinConfigError(f'gin file {path}: {e}{_moved_hint(e)}') from e
+      raise GinConfigError(f'gin file {path}: {e}') from e
     _record_file(parsed, None)
   for binding in gin_params:
     try:
       gin.parse_config(binding)
     except Exception as e:
-      raise GinConfigError(f'gin binding {binding!r}: {e}{_moved_hint(e)}') from e
+      raise GinConfigError(f'gin binding {binding!r}: {e}') from e
     _PARSED['bindings'].append(binding)
   if finalize:
     gin.finalize()

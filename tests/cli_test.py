@@ -5,14 +5,18 @@ with bad data, gin files or bindings, flags, paths or resume state, and checks t
 user sees. Cases that fail on bad input also check that nothing was left behind that a rerun
 would take for a finished stage.
 """
+import dataclasses
 import gzip
 import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
 from lsc_align import cli
+from lsc_align import gin_utils
 
 GOOD = {'chosen': '\n\nHuman: How do I boil an egg?\n\nAssistant: Put it in boiling water.',
         'rejected': '\n\nHuman: How do I boil an egg?\n\nAssistant: No idea.'}
@@ -186,12 +190,12 @@ def test_bad_gin_binding(binding, fragment, tmp_path, capsys):
   _assert_user_error(code, err, 'world', fragment)
 
 
-def test_gin_import_of_a_moved_module_names_the_new_one(tmp_path, capsys):
+def test_gin_import_of_a_missing_module_names_it(tmp_path, capsys):
   old = tmp_path / 'old.gin'
   old.write_text('import lsc_align.data.world_config\nWorldConfig.seed = 3\n')
   code, _, err = _run(['world', '--out', tmp_path / 'w', '--gin_file', old], capsys)
-  _assert_user_error(code, err, 'world',
-                     'lsc_align.data.world_config is now lsc_align.world.config')
+  _assert_user_error(code, err, 'world', f'gin file {old}')
+  assert 'lsc_align.data.world_config' in err
 
 
 def test_required_binding_missing(tmp_path, capsys):
@@ -202,7 +206,10 @@ def test_required_binding_missing(tmp_path, capsys):
 
 @pytest.mark.parametrize('binding,fragment', [
     ("train_reward_model.world_labels = 'gold'", 'train_reward_model.world_labels'),
-    ('train_reward_model.batch_size = 12', 'train_reward_model.batch_size = 12'),
+    ('train_reward_model/TrainerSettings.batch_size = 12',
+     'train_reward_model/TrainerSettings.batch_size = 12'),
+    ('train_reward_model/TrainerSettings.learning_rate = -1.0',
+     'train_reward_model/TrainerSettings.learning_rate = -1.0: must be a finite number > 0'),
     ('T5EncoderConfig.vocab_size = 5', 'T5EncoderConfig.vocab_size = 5'),
     ("train_reward_model.property_name = 'honest'", 'train_reward_model.property_name'),
 ])
@@ -337,12 +344,11 @@ def test_resume_into_a_run_of_another_config(tiny_experiment, tmp_path, capsys):
 
 def test_unexpected_errors_keep_their_traceback(monkeypatch):
   """A bug (here a TypeError raised inside the command) is not dressed up as a user error."""
-  from lsc_align.rewards import example  # pylint: disable=g-import-not-at-top
-
   def broken(_):
     raise TypeError('a bug')
 
-  monkeypatch.setattr(example, 'main', broken)
+  monkeypatch.setitem(cli.COMMANDS, 'example',
+                      dataclasses.replace(cli.COMMANDS['example'], run=broken))
   with pytest.raises(TypeError, match='a bug'):
     cli.main(['example'])
 
@@ -357,3 +363,21 @@ def test_error_from_a_library_is_not_a_user_error():
     os.makedirs(__file__)
   except FileExistsError as e:  # raised in the standard library, called from here: not ours
     assert not cli.is_user_error(e)
+
+
+def test_the_table_registers_every_configurable_and_leaves_tensorflow_unloaded():
+  """Importing the CLI (as `lsc-align --help` does) imports every command's function, so any
+  run config parses whatever the command; seqio / TensorFlow wait for `vocab`."""
+  configs = sorted(str(p.relative_to(gin_utils.CONFIG_DIR))
+                   for p in gin_utils.CONFIG_DIR.rglob('*.gin') if p.parts[-2] != 'objectives')
+  code = ('import sys, gin\n'
+          'from lsc_align import cli, gin_utils\n'
+          'cli.build_parser()\n'
+          f'for name in {configs!r}:\n'
+          '  gin_utils.parse([name], finalize=False)\n'
+          'print(len(cli.COMMANDS), "tensorflow" in sys.modules, "seqio" in sys.modules)\n')
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split() == [str(len(cli.COMMANDS)), 'False', 'False']
+  assert len(configs) > 10

@@ -15,6 +15,9 @@ imports upward, and no two packages import each other, directly or through other
     4  eval/      judging, win rates, reports, plots, run inspection, RM diagnostics
     5  pipeline/  experiment layout, stages, sweeps, the commands' functions
     6  cli        the flag table
+    7  launch/, benchmarks/  beside the library, above it: they may import lsc_align, nothing
+                  in lsc_align imports them, and they do not import each other (the launcher
+                  adds its command to the CLI through an entry point, lsc_align.cli)
 
 Imports inside functions count too: a late import is still a dependency.
 """
@@ -25,6 +28,8 @@ import pathlib
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / 'lsc_align'
+# Top-level packages beside lsc_align whose imports are checked too (unit = the package).
+OUTSIDE = ('launch', 'benchmarks')
 
 FLOORS = {
     'lsc_align.io_utils': 0, 'lsc_align.stats': 0, 'lsc_align.tf_import': 0,
@@ -40,14 +45,18 @@ FLOORS = {
     'lsc_align.eval': 4,
     'lsc_align.pipeline': 5,
     'lsc_align.cli': 6,
+    'launch': 7, 'benchmarks': 7,
 }
 # Packages on one floor that may import one another, in this direction only.
 SIDEWAYS = {('lsc_align.models', 'lsc_align.rewards')}
 
 
 def unit(module: str) -> str:
-  """The package (lsc_align.<pkg>) or top-level module a dotted module name belongs to."""
+  """The package (lsc_align.<pkg>, launch, benchmarks) or top-level module a dotted module
+  name belongs to."""
   parts = module.split('.')
+  if parts[0] in OUTSIDE:
+    return parts[0]
   if len(parts) >= 2 and (PACKAGE / parts[1]).is_dir():
     return '.'.join(parts[:2])
   return '.'.join(parts[:2]) if len(parts) >= 2 else module
@@ -58,8 +67,16 @@ def module_name(path: pathlib.Path) -> str:
   return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
 
 
+def source_files() -> list[pathlib.Path]:
+  """The .py files of lsc_align and of the packages beside it (OUTSIDE)."""
+  files = list(PACKAGE.rglob('*.py'))
+  for name in OUTSIDE:
+    files += (PACKAGE.parent / name).rglob('*.py')
+  return sorted(files)
+
+
 def imported_modules(path: pathlib.Path) -> set[str]:
-  """Every lsc_align module a file imports, anywhere in it (dotted names)."""
+  """Every lsc_align, launch or benchmarks module a file imports, anywhere in it (dotted)."""
   found = set()
   for node in ast.walk(ast.parse(path.read_text(encoding='utf-8'))):
     if isinstance(node, ast.Import):
@@ -70,12 +87,13 @@ def imported_modules(path: pathlib.Path) -> set[str]:
                    if (PACKAGE.parent / f'{node.module}.{a.name}'.replace('.', '/')).exists()
                    or (PACKAGE.parent / (f'{node.module}.{a.name}'.replace('.', '/') + '.py'))
                    .exists())
-  return {m for m in found if m == 'lsc_align' or m.startswith('lsc_align.')}
+  return {m for m in found
+          if any(m == top or m.startswith(f'{top}.') for top in ('lsc_align', *OUTSIDE))}
 
 
 def package_edges() -> dict[str, set[str]]:
   edges = collections.defaultdict(set)
-  for path in sorted(PACKAGE.rglob('*.py')):
+  for path in source_files():
     source = unit(module_name(path))
     for target in map(unit, imported_modules(path)):
       if target != source:
@@ -84,13 +102,13 @@ def package_edges() -> dict[str, set[str]]:
 
 
 def test_every_unit_has_a_floor():
-  units = {unit(module_name(p)) for p in PACKAGE.rglob('*.py')}
+  units = {unit(module_name(p)) for p in source_files()}
   assert units <= set(FLOORS), sorted(units - set(FLOORS))
 
 
 def test_no_upward_imports():
   upward = []
-  for path in sorted(PACKAGE.rglob('*.py')):
+  for path in source_files():
     source = unit(module_name(path))
     for module in sorted(imported_modules(path)):
       target = unit(module)
@@ -130,4 +148,17 @@ def test_the_rule_catches_an_upward_import(tmp_path, monkeypatch):
   (fake / 'eval' / 'report.py').write_text('')
   monkeypatch.setattr(__import__(__name__), 'PACKAGE', fake)
   with pytest.raises(AssertionError, match='models/bad.py imports lsc_align.eval.report'):
+    test_no_upward_imports()
+
+
+def test_the_rule_catches_the_library_importing_the_launcher(tmp_path, monkeypatch):
+  """lsc_align may not import launch/ (or benchmarks/), even inside a function."""
+  fake = tmp_path / 'lsc_align'
+  fake.mkdir()
+  (fake / 'cli.py').write_text('def f():\n  from launch import tpu\n')
+  (tmp_path / 'launch').mkdir()
+  (tmp_path / 'launch' / 'tpu.py').write_text('from lsc_align import cli\n')
+  (tmp_path / 'benchmarks').mkdir()
+  monkeypatch.setattr(__import__(__name__), 'PACKAGE', fake)
+  with pytest.raises(AssertionError, match='lsc_align/cli.py imports launch.tpu'):
     test_no_upward_imports()

@@ -29,10 +29,9 @@ TINY_BINDINGS = (
     'T5EncoderConfig.emb_dim = 16', 'T5EncoderConfig.num_heads = 2',
     'T5EncoderConfig.head_dim = 8', 'T5EncoderConfig.mlp_dim = 32',
     'T5EncoderConfig.num_layers = 1', 'T5EncoderConfig.dropout_rate = 0.1',
-    f'train_reward_model.steps = {STEPS}', 'train_reward_model.batch_size = 16',
-    'train_reward_model.warmup_steps = 2', 'train_reward_model.learning_rate = 1e-3',
-    'train_reward_model.eval_every = 4', 'train_reward_model.eval_batch_size = 16',
-    'train_reward_model.log_every = 2', 'train_reward_model.checkpoint_every = 2')
+    *(f'train_reward_model/TrainerSettings.{binding}' for binding in (
+        f'steps = {STEPS}', 'batch_size = 16', 'warmup_steps = 2', 'learning_rate = 1e-3',
+        'eval_every = 4', 'eval_batch_size = 16', 'log_every = 2', 'checkpoint_every = 2')))
 
 
 def tiny_model(vocab_size: int = 384) -> reward_model.RewardModelConfig:
@@ -84,7 +83,7 @@ def test_run_directory_files_and_eval(uninterrupted):
   assert 0.0 <= summary['gold_label_agreement'] <= 1.0  # a world: gold comparison present
   assert summary['resumed_from_step'] == 0
   config = (uninterrupted / 'config.gin').read_text()
-  assert f'train_reward_model.steps = {STEPS}' in config and 'emb_dim = 16' in config
+  assert f'train_reward_model/TrainerSettings.steps = {STEPS}' in config and 'emb_dim = 16' in config
   rows = [json.loads(line) for line in (uninterrupted / 'metrics.jsonl').read_text().splitlines()]
   assert sorted(r['step'] for r in rows if 'loss' in r) == list(range(1, STEPS + 1))
   assert sorted(r['step'] for r in rows if 'eval/accuracy' in r) == [4, STEPS]
@@ -138,10 +137,11 @@ def test_bad_settings_name_the_binding(tiny_world, tmp_path):
                            **common)
   with pytest.raises(ValueError, match=r'T5EncoderConfig.vocab_size = 100 is smaller than'):
     rmt.train_reward_model(str(tmp_path / 'b'), model=tiny_model(vocab_size=100), **common)
-  with pytest.raises(ValueError, match=r'train_reward_model.eval_batch_size = 20 must be a '
-                                       r"positive multiple of the mesh's data axis \(8 devices\)"):
-    rmt.train_reward_model(str(tmp_path / 'e'), model=tiny_model(), eval_batch_size=20,
-                           **common)  # not only at the first validation, after training
+  with pytest.raises(ValueError, match=r'train_reward_model/TrainerSettings.eval_batch_size = 20 '
+                                       r"must be a positive multiple of the mesh's data axis "
+                                       r'\(8 devices\)'):  # not only at the first validation
+    rmt.train_reward_model(str(tmp_path / 'e'), model=tiny_model(),
+                           settings=rmt.configured_settings(eval_batch_size=20), **common)
   with pytest.raises(ValueError, match='no such file'):
     rmt.train_reward_model(str(tmp_path / 'c'), data_dir=str(tiny_world),
                            vocabulary=str(tiny_world / 'missing.txt'), model=tiny_model())
@@ -151,6 +151,8 @@ def test_bad_settings_name_the_binding(tiny_world, tmp_path):
     rmt.train_reward_model(str(tmp_path / 'd'))
   with pytest.raises(gin_utils.GinConfigError, match='train_reward_model.stepz'):
     gin_utils.parse(['runs/world_rm.gin'], ['train_reward_model.stepz = 3'])
+  with pytest.raises(gin_utils.GinConfigError, match='train_reward_model.steps'):  # a setting
+    gin_utils.parse(['runs/world_rm.gin'], ['train_reward_model.steps = 3'])
   assert not any((tmp_path / name).exists() for name in 'abcde')  # failed before writing
 
 

@@ -17,10 +17,10 @@ NAMES = ('content', 'off_topic', 'repeat')
 TINY_BINDINGS = (
     'T5EncoderConfig.emb_dim = 16', 'T5EncoderConfig.num_heads = 2',
     'T5EncoderConfig.head_dim = 8', 'T5EncoderConfig.mlp_dim = 32',
-    'T5EncoderConfig.num_layers = 1', 'train_reward_model.steps = 6',
-    'train_reward_model.batch_size = 16', 'train_reward_model.warmup_steps = 2',
-    'train_reward_model.eval_every = 0', 'train_reward_model.eval_batch_size = 16',
-    'train_reward_model.checkpoint_every = 6')
+    'T5EncoderConfig.num_layers = 1',
+    *(f'train_reward_model/TrainerSettings.{binding}' for binding in (
+        'steps = 6', 'batch_size = 16', 'warmup_steps = 2', 'eval_every = 0',
+        'eval_batch_size = 16', 'checkpoint_every = 6')))
 
 pytestmark = pytest.mark.usefixtures('clean_gin')
 

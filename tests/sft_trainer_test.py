@@ -26,9 +26,10 @@ TINY_POLICY = dict(emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32, num_layers=1
                    value_hidden_dim=8, max_len=64)
 TINY_BINDINGS = (
     *(f'PolicyConfig.{name} = {value}' for name, value in TINY_POLICY.items()),
-    f'train_sft.steps = {STEPS}', 'train_sft.batch_size = 16', 'train_sft.warmup_steps = 2',
-    'train_sft.eval_every = 4', 'train_sft.eval_batch_size = 16', 'train_sft.log_every = 2',
-    'train_sft.checkpoint_every = 2', 'train_sft.world_samples_per_prompt = 1')
+    *(f'train_sft/TrainerSettings.{binding}' for binding in (
+        f'steps = {STEPS}', 'batch_size = 16', 'warmup_steps = 2', 'eval_every = 4',
+        'eval_batch_size = 16', 'log_every = 2', 'checkpoint_every = 2')),
+    'train_sft.world_samples_per_prompt = 1')
 
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('clean_gin')]  # trains models
@@ -72,8 +73,8 @@ def test_run_directory_files_and_eval(uninterrupted):
   entropy = summary['world']['collection_policy']['entropy_per_token_upper_bound']
   assert 0.0 < entropy < summary['world']['sft_nll_per_token_on_policy_samples']
   config = (uninterrupted / 'config.gin').read_text().splitlines()
-  assert config.count(f'train_sft.steps = {STEPS}') == 1  # the operative binding
-  assert config.count(f'#   train_sft.steps = {STEPS}') == 1  # the header's binding given
+  assert config.count(f'train_sft/TrainerSettings.steps = {STEPS}') == 1  # the operative binding
+  assert config.count(f'#   train_sft/TrainerSettings.steps = {STEPS}') == 1  # binding given
   rows = [json.loads(line) for line in (uninterrupted / 'metrics.jsonl').read_text().splitlines()]
   assert sorted(r['step'] for r in rows if 'loss' in r and 'eval/loss' not in r) == list(
       range(1, STEPS + 1))
@@ -138,9 +139,10 @@ def test_bad_settings_name_the_binding(tiny_world, tmp_path):
                                        r'PolicyConfig.max_len = 64'):
     sft_trainer.train_sft(str(tmp_path / 'b'), model=tiny, prompt_length=32,
                           response_length=40, **common)
-  with pytest.raises(ValueError, match=r'train_sft.batch_size = 12 must be a positive multiple'):
-    sft_trainer.train_sft(str(tmp_path / 'e'), model=tiny, batch_size=12, prompt_length=24,
-                          response_length=40, **common)
+  with pytest.raises(ValueError,
+                     match=r'train_sft/TrainerSettings.batch_size = 12 must be a positive multiple'):
+    sft_trainer.train_sft(str(tmp_path / 'e'), model=tiny, prompt_length=24, response_length=40,
+                          settings=sft_trainer.configured_settings(batch_size=12), **common)
   with pytest.raises(ValueError, match='expected a world vocab.txt or a SentencePiece'):
     sft_trainer.train_sft(str(tmp_path / 'c'), data_dir=str(tiny_world),
                           vocabulary=str(tiny_world / 'world.json'), model=tiny)

@@ -27,7 +27,7 @@ import optax
 
 from lsc_align.models import sampling
 from lsc_align.models.policy import PolicyConfig
-from lsc_align.align import ppo_math, ppo_step
+from lsc_align.align import ppo, ppo_math, ppo_step
 
 _ROLLOUT_FOLD = 0x7FFF0000  # rollout keys of the fit, apart from the iterations' fold_in(rng, step)
 
@@ -35,7 +35,6 @@ _ROLLOUT_FOLD = 0x7FFF0000  # rollout keys of the fit, apart from the iterations
 def pi0_rollouts(setup: Any, params: Any, rng: jax.Array) -> ppo_step.Rollout:
   """One pass over the training prompts (whole batches) sampled from `params`, with G_t."""
   hp, config = setup.hp, setup.scorer.policy_config
-  from lsc_align.align import ppo  # pylint: disable=g-import-not-at-top  (ppo imports this module)
   parts = []
   for i in range(setup.schedule.steps_per_epoch):
     placed = ppo._place(setup, setup.batch(i + 1))  # pylint: disable=protected-access

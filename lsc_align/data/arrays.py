@@ -63,7 +63,7 @@ def vocabulary_size(vocabulary_path: str | os.PathLike[str]) -> int:
   return int(spm.SentencePieceProcessor(model_proto=io_utils.read_bytes(path)).get_piece_size())
 
 
-def validation_split(data_dir: str | os.PathLike[str], subset: str = 'helpful-base') -> str:
+def validation_split(data_dir: str | os.PathLike[str], subset: str = PROPERTY_SUBSETS['helpful']) -> str:
   """'validation' when the subset has one (on disk or derived from test), else 'test'.
 
   The world has train/test: its test split is the validation set. The shared HH copy has only

@@ -27,10 +27,11 @@ from etils import epath
 import tensorflow_datasets as tfds
 
 from lsc_align import io_utils
+from lsc_align.conventions import PROPERTY_SUBSETS
 from lsc_align.data import hh
 
 BUILDER_NAME = 'hh_preference'
-SUBSETS = ('helpful-base', 'harmless-base')
+SUBSETS = tuple(PROPERTY_SUBSETS.values())
 FILE_FORMAT = 'array_record'
 
 

@@ -32,9 +32,9 @@ import seqio
 import tensorflow as tf
 
 from lsc_align import io_utils
+from lsc_align.conventions import PROPERTY_SUBSETS
 from lsc_align.data import hh
 
-PROPERTY_SUBSETS: Mapping[str, str] = {'helpful': 'helpful-base', 'harmless': 'harmless-base'}
 KEEP_END_FEATURES = ('prompt', 'inputs')  # dialogue prompts: the latest turns matter most
 _PROBE_TEXT = '\n\nHuman: What is 2 + 2?\n\nAssistant: It is 4.'
 _REGISTERED: dict[str, str] = {}  # task name -> fingerprint of how it was registered

@@ -26,10 +26,10 @@ import seqio
 import sentencepiece as spm
 
 from lsc_align import io_utils
-from lsc_align.conventions import EOS_ID, PAD_ID, UNK_ID
+from lsc_align.conventions import EOS_ID, PAD_ID, PROPERTY_SUBSETS, UNK_ID
 from lsc_align.data import hh
 
-DEFAULT_SUBSETS = ('helpful-base', 'harmless-base')
+DEFAULT_SUBSETS = tuple(PROPERTY_SUBSETS.values())
 # Sentences longer than this (bytes) are dropped by the trainer; HH turns are far shorter.
 _MAX_SENTENCE_BYTES = 1 << 16
 

@@ -14,6 +14,7 @@ import gin
 from lsc_align.pipeline import experiment
 from lsc_align.pipeline import reference_stage
 from lsc_align.pipeline import runs
+from lsc_align.train import loop
 
 
 def pools_main(args: argparse.Namespace) -> int:
@@ -56,7 +57,6 @@ def ppo_main(args: argparse.Namespace) -> int:
   with gin.config_scope(bound_learner()):
     result = runs.run_ppo(args.exp_dir, _objective(args), resume=args.resume, **given)
   if result is None:
-    from lsc_align.train import loop  # pylint: disable=g-import-not-at-top
     return loop.EXIT_CODE_PREEMPTED
   print(json.dumps({'run': result.run, 'kl': result.kl, 'win_rate': result.win_rate,
                     'and_win_rate': result.and_win_rate,

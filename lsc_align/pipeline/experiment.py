@@ -110,12 +110,13 @@ def prepare(exp_dir: str, pool_sizes: pools_stage.PoolSizes | None = None,
     log(f'[1/4] world -> {exp.data}')
     world_lib.build_world(exp.data)
 
-  def train_rm(run_dir: str, prop: str, **kwargs: Any) -> None:
+  def train_rm(run_dir: str, prop: str, seed: int, **kwargs: Any) -> None:
     if _stage_done(os.path.join(run_dir, reward_model_trainer.PARAMS_FILE)):
       return
     log(f'[2/4] reward model {prop} -> {run_dir}')
     loop.check_completed(reward_model_trainer.train_reward_model(
         run_dir=run_dir, data_dir=exp.data, vocabulary=exp.vocabulary, property_name=prop,
+        settings=reward_model_trainer.configured_settings(seed=seed),
         resume=_resume_flag(run_dir), lenient=lenient, **kwargs), run_dir)
 
   for prop in layout.PROPERTIES:
@@ -127,7 +128,8 @@ def prepare(exp_dir: str, pool_sizes: pools_stage.PoolSizes | None = None,
   if not _stage_done(os.path.join(exp.sft, sft_trainer.PARAMS_FILE)):
     log(f'[3/4] SFT policy pi0 -> {exp.sft}')
     result = sft_trainer.train_sft(run_dir=exp.sft, data_dir=exp.data,
-                                   vocabulary=exp.vocabulary, seed=seed,
+                                   vocabulary=exp.vocabulary,
+                                   settings=sft_trainer.configured_settings(seed=seed),
                                    resume=_resume_flag(exp.sft), lenient=lenient)
     loop.check_completed(result, exp.sft)
   if not all(_stage_done(exp.pool(s)) for s in ('train', 'eval')):

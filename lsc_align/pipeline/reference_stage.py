@@ -158,7 +158,7 @@ def prepare_references(exp_dir: str, properties: Sequence[str] = layout.PROPERTI
       log(f'reference predictor {prop} -> {run_dir}')
       loop.check_completed(reference_trainer.train_reference(
           run_dir=run_dir, pool_file=path, reward_model_dir=exp.reward_model(prop),
-          property_name=prop, seed=seed,
+          property_name=prop, settings=reference_trainer.configured_settings(seed=seed),
           resume=io_utils.isdir(os.path.join(run_dir, 'checkpoints'))), run_dir)
     calibration_path = os.path.join(run_dir, CALIBRATION_FILE)
     out[prop] = (json.loads(io_utils.read_text(calibration_path))

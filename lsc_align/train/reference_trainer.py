@@ -26,7 +26,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 from flax import linen as nn
 import gin
@@ -41,6 +41,7 @@ from lsc_align.models import reward_model
 from lsc_align.rewards import reference
 from lsc_align.train import loop
 from lsc_align.train import reward_model_trainer
+from lsc_align.train import settings as settings_lib
 from lsc_align.train import trainer
 from lsc_align.train import trainer_utils
 
@@ -176,6 +177,89 @@ def _softplus_inverse(x: float) -> float:
   return float(x + np.log(-np.expm1(-x)))
 
 
+# This trainer's TrainerSettings where gin binds none (train_reference/TrainerSettings.*).
+DEFAULT_SETTINGS: Mapping[str, Any] = {
+    'steps': 500, 'batch_size': 64, 'learning_rate': 3e-4, 'warmup_steps': 50,
+    'schedule': 'cosine', 'eval_every': 250, 'checkpoint_every': 250}
+_SCOPE = 'train_reference'
+_PRINTED = ('property', 'step', 'mean_rmse', 'std_rmse', 'coverage_q0.5', 'coverage_q0.85',
+            'seconds')
+
+
+def configured_settings(**overrides: Any) -> settings_lib.TrainerSettings:
+  """This trainer's TrainerSettings: gin's train_reference/TrainerSettings.*, then
+  DEFAULT_SETTINGS, with `overrides` over both."""
+  return settings_lib.configured(_SCOPE, DEFAULT_SETTINGS, **overrides)
+
+
+def _reward_model(reward_model_dir: str, property_name: str,
+                  model: reward_model.RewardModelConfig | None, init_from_reward_model: bool
+                  ) -> tuple[reward_model.RewardModelConfig, Any]:
+  """(the predictor's config, the reward model's params), checked against each other."""
+  if property_name not in PROPERTIES:
+    raise ValueError(f'train_reference.property_name {property_name!r} must be one of '
+                     f'{PROPERTIES}')
+  rm_config, rm_params = reward_model_trainer.load_reward_model(reward_model_dir)
+  rm_info = reward_model_trainer.reward_model_info(reward_model_dir)
+  if rm_info['property'] != property_name:
+    raise ValueError(f'train_reference.reward_model_dir {reward_model_dir} is the '
+                     f'{rm_info["property"]!r} reward model, not {property_name!r}')
+  config = model or rm_config
+  if init_from_reward_model and config.encoder != rm_config.encoder:
+    raise ValueError('train_reference.init_from_reward_model needs the reward model\'s encoder '
+                     'sizes; bind train_reference.model to match, or set '
+                     'init_from_reward_model = False')
+  return config, rm_params
+
+
+def _evaluate_fn(config: reward_model.RewardModelConfig, prompts: np.ndarray,
+                 rewards: np.ndarray, batch_size: int) -> Callable[[Any, Any], dict[str, Any]]:
+  """(params, mesh) -> calibration on the held-out prompts, with its scalars flattened."""
+
+  def evaluate(params: Any, mesh: Any) -> dict[str, Any]:
+    del mesh  # small: one host-side pass over the held-out prompts
+    mean, std = predict_moments(config, params, prompts, batch_size)
+    result = reference.calibration(mean, std, rewards)
+    scalars = {'mean_rmse': result['mean_rmse'], 'std_rmse': result['std_rmse']}
+    for row in result['quantiles']:
+      scalars[f'coverage_q{row["q"]:g}'] = row['coverage']
+      scalars[f'quantile_mae_q{row["q"]:g}'] = row['quantile_error_mae']
+    return {**scalars, 'calibration': result}
+
+  return evaluate
+
+
+def _constant_baseline_fn(rewards: np.ndarray, mean: float, std: float
+                          ) -> Callable[[Any, Any], dict[str, Any]]:
+  """(params, mesh) -> the calibration of the constant predictor (mean, std): the baseline."""
+
+  def constant_baseline(params: Any, mesh: Any) -> dict[str, Any]:
+    del params, mesh
+    n = rewards.shape[0]
+    return {'constant_baseline': reference.calibration(np.full(n, mean), np.full(n, std),
+                                                       rewards)}
+
+  return constant_baseline
+
+
+def _init_heads_fn(config: reward_model.RewardModelConfig, rm_params: Any | None, mean: float,
+                   std: float) -> Callable[[loop.TrainState, loop.TrainState], loop.TrainState]:
+  """(state, shardings) -> state with the reward model's encoder (unless rm_params is None)
+  and head biases that start at the training targets' averages."""
+
+  def init_heads(state: loop.TrainState, shardings: loop.TrainState) -> loop.TrainState:
+    params = trainer_utils.to_host(state.params)
+    if rm_params is not None:
+      for name in ('token_embedder', 'encoder'):
+        params[name] = rm_params[name]
+    params['mean_head']['bias'] = np.full((1,), mean, np.float32)
+    params['std_head']['bias'] = np.full(
+        (1,), _softplus_inverse(max(std - config.min_std, 1e-6)), np.float32)
+    return state.replace(params=trainer_utils.place_params(params, shardings.params))
+
+  return init_heads
+
+
 @gin.configurable
 def train_reference(
     run_dir: str,
@@ -186,19 +270,7 @@ def train_reference(
     init_from_reward_model: bool = True,
     samples_per_prompt: int = 64,
     validation_prompts: int = 128,
-    steps: int = 500,
-    batch_size: int = 64,
-    learning_rate: float = 3e-4,
-    warmup_steps: int = 50,
-    schedule: str = 'cosine',
-    weight_decay: float = 0.0,
-    grad_clip_norm: float | None = 1.0,
-    eval_every: int = 250,
-    eval_batch_size: int = 128,
-    log_every: int = 50,
-    checkpoint_every: int = 250,
-    seed: int = 0,
-    mesh_shape: Sequence[int] = (-1, 1),
+    settings: settings_lib.TrainerSettings | None = None,
     resume: bool = False,
 ) -> loop.TrainResult:
   """Trains the mean/std reference predictor of one property; writes run_dir (module docstring).
@@ -213,9 +285,9 @@ def train_reference(
     init_from_reward_model: start the encoder from the reward model's (needs the same sizes).
     samples_per_prompt: m, the pooled samples per prompt whose mean and std are the targets.
     validation_prompts: the pool's last prompts, held out for calibration.
-    steps, batch_size, learning_rate, warmup_steps, schedule, weight_decay, grad_clip_norm,
-      eval_every, eval_batch_size, log_every, checkpoint_every, seed, mesh_shape, resume: as for
-      train_reward_model.
+    settings: steps, batch size (prompts), AdamW, intervals, seed, mesh; default
+      `configured_settings()` (gin: train_reference/TrainerSettings.*).
+    resume: continue from the latest checkpoint in run_dir.
 
   Returns:
     The loop's TrainResult (exit_code 75 after a preemption save).
@@ -223,20 +295,9 @@ def train_reference(
   start_time = time.time()
   run_dir, pool_file, reward_model_dir = (io_utils.abspath(p)
                                           for p in (run_dir, pool_file, reward_model_dir))
-  if property_name not in PROPERTIES:
-    raise ValueError(f'train_reference.property_name {property_name!r} must be one of '
-                     f'{PROPERTIES}')
-  settings = trainer.Settings.of('train_reference', locals())
-  rm_config, rm_params = reward_model_trainer.load_reward_model(reward_model_dir)
-  rm_info = reward_model_trainer.reward_model_info(reward_model_dir)
-  if rm_info['property'] != property_name:
-    raise ValueError(f'train_reference.reward_model_dir {reward_model_dir} is the '
-                     f'{rm_info["property"]!r} reward model, not {property_name!r}')
-  config = model or rm_config
-  if init_from_reward_model and config.encoder != rm_config.encoder:
-    raise ValueError('train_reference.init_from_reward_model needs the reward model\'s encoder '
-                     'sizes; bind train_reference.model to match, or set '
-                     'init_from_reward_model = False')
+  config, rm_params = _reward_model(reward_model_dir, property_name, model,
+                                    init_from_reward_model)
+  settings = settings or configured_settings()
   prompts, rewards = pool_targets(pool_file, property_name, samples_per_prompt)
   if not 0 < validation_prompts < prompts.shape[0] - 1:
     raise ValueError(f'train_reference.validation_prompts = {validation_prompts}: must leave '
@@ -244,50 +305,24 @@ def train_reference(
   if prompts.max() >= config.encoder.vocab_size:
     raise ValueError(f'{pool_file}: token id {prompts.max()} is outside the encoder\'s vocabulary '
                      f'(T5EncoderConfig.vocab_size = {config.encoder.vocab_size})')
-  mesh = trainer.prepare_run_dir(settings, run_dir, PARAMS_FILE, None)
+  mesh = trainer.prepare_run_dir(settings, run_dir, PARAMS_FILE, None, resume=resume)
   train_rows, held = slice(0, -validation_prompts), slice(-validation_prompts, None)
   mean_t, std_t = (np.asarray(x, np.float32)
                    for x in reference.sample_statistics(rewards[train_rows]))
-  train = {'prompt_ids': prompts[train_rows], 'mean': mean_t, 'std': std_t}
-  valid_prompts, valid_rewards = prompts[held], rewards[held]
   init_mean, init_std = float(mean_t.mean()), float(std_t.mean())
-
   net = reward_model.GaussianReferenceModel(config)
   dummy = jnp.ones((1, prompts.shape[1]), jnp.int32)
-
-  def evaluate(params: Any, mesh_: Any) -> dict[str, Any]:
-    del mesh_  # small: one host-side pass over the held-out prompts
-    mean, std = predict_moments(config, params, valid_prompts, eval_batch_size)
-    result = reference.calibration(mean, std, valid_rewards)
-    scalars = {'mean_rmse': result['mean_rmse'], 'std_rmse': result['std_rmse']}
-    for row in result['quantiles']:
-      scalars[f'coverage_q{row["q"]:g}'] = row['coverage']
-      scalars[f'quantile_mae_q{row["q"]:g}'] = row['quantile_error_mae']
-    return {**scalars, 'calibration': result}
-
-  def constant_baseline(params: Any, mesh_: Any) -> dict[str, Any]:
-    del params, mesh_
-    n = valid_prompts.shape[0]
-    return {'constant_baseline': reference.calibration(np.full(n, init_mean),
-                                                       np.full(n, init_std), valid_rewards)}
-
-  def init_heads(state: loop.TrainState, shardings: loop.TrainState) -> loop.TrainState:
-    params = trainer_utils.to_host(state.params)
-    if init_from_reward_model:
-      for name in ('token_embedder', 'encoder'):
-        params[name] = rm_params[name]
-    params['mean_head']['bias'] = np.full((1,), init_mean, np.float32)
-    params['std_head']['bias'] = np.full(
-        (1,), _softplus_inverse(max(init_std - config.min_std, 1e-6)), np.float32)
-    return state.replace(params=trainer_utils.place_params(params, shardings.params))
-
   spec = trainer.TrainerSpec(
       init_params=lambda key: nn.unbox(net.init(key, dummy)['params']),
       boxed_params=jax.eval_shape(net.init, jax.random.key(0), dummy)['params'],
-      make_train_step=lambda lr: make_train_step(net, lr), train_arrays=train,
-      evaluate=evaluate, params_file=PARAMS_FILE, info_file=INFO_FILE, summary_file=EVAL_FILE,
-      progress_keys=('loss', 'mean_rmse', 'std_rmse'), adjust_state=init_heads,
-      final_extras=constant_baseline)
+      make_train_step=lambda lr: make_train_step(net, lr),
+      train_arrays={'prompt_ids': prompts[train_rows], 'mean': mean_t, 'std': std_t},
+      evaluate=_evaluate_fn(config, prompts[held], rewards[held], settings.eval_batch_size),
+      params_file=PARAMS_FILE, info_file=INFO_FILE, summary_file=EVAL_FILE,
+      progress_keys=('loss', 'mean_rmse', 'std_rmse'),
+      adjust_state=_init_heads_fn(config, rm_params if init_from_reward_model else None,
+                                  init_mean, init_std),
+      final_extras=_constant_baseline_fn(rewards[held], init_mean, init_std))
   info = {'config': dataclasses.asdict(config), 'property': property_name,
           'reward_model_dir': reward_model_dir,
           'reward_model_digest': io_utils.file_digest(
@@ -298,11 +333,10 @@ def train_reference(
           'init_from_reward_model': init_from_reward_model}
   summary = {'property': property_name, 'train_prompts': int(len(mean_t)),
              'validation_prompts': validation_prompts, 'samples_per_prompt': samples_per_prompt}
-  result, summary = trainer.run(spec, settings, run_dir, mesh, info, summary, start_time)
+  result, summary = trainer.run(spec, settings, run_dir, mesh, info, summary, start_time,
+                                resume=resume)
   if summary is not None:
-    print(json.dumps({k: summary[k] for k in ('property', 'step', 'mean_rmse', 'std_rmse',
-                                              'coverage_q0.5', 'coverage_q0.85', 'seconds')
-                      if k in summary}), flush=True)
+    print(json.dumps({k: summary[k] for k in _PRINTED if k in summary}), flush=True)
   return result
 
 

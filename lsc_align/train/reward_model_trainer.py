@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 from flax import linen as nn
 import gin
@@ -36,6 +36,7 @@ from lsc_align.models import reward_model
 from lsc_align.models import t5_encoder
 from lsc_align.models import t5x_checkpoint
 from lsc_align.train import loop
+from lsc_align.train import settings as settings_lib
 from lsc_align.train import trainer
 from lsc_align.train import trainer_utils
 from lsc_align.world import supervision
@@ -137,6 +138,104 @@ def load_reward_model(run_dir: str | os.PathLike[str]
   return config_from_dict(reward_model_info(run_dir)['config']), trainer_utils.load_params(path)
 
 
+# This trainer's TrainerSettings where gin binds none (train_reward_model/TrainerSettings.*).
+DEFAULT_SETTINGS: Mapping[str, Any] = {}
+_SCOPE = 'train_reward_model'
+_PRINTED = ('property', 'split', 'step', 'pairs', 'accuracy', 'accuracy_ci95', 'loss', 'seconds',
+            'gold_label_agreement', 'model_gold_agreement')
+
+
+def configured_settings(**overrides: Any) -> settings_lib.TrainerSettings:
+  """This trainer's TrainerSettings: gin's train_reward_model/TrainerSettings.*, then
+  DEFAULT_SETTINGS, with `overrides` over both."""
+  return settings_lib.configured(_SCOPE, DEFAULT_SETTINGS, **overrides)
+
+
+def _check_arguments(property_name: str, world_labels: str,
+                     init_t5x_checkpoint: str | None) -> None:
+  """Refuses bad arguments before any data is read or tokenised."""
+  if world_labels not in WORLD_LABELS:
+    raise ValueError(f'train_reward_model.world_labels {world_labels!r} must be one of '
+                     f'{WORLD_LABELS}')
+  if property_name not in data_arrays.PROPERTY_SUBSETS:
+    raise ValueError(f'train_reward_model.property_name {property_name!r} must be one of '
+                     f'{sorted(data_arrays.PROPERTY_SUBSETS)}')
+  if init_t5x_checkpoint is not None and not io_utils.exists(init_t5x_checkpoint):
+    raise ValueError(f'train_reward_model.init_t5x_checkpoint {init_t5x_checkpoint}: no such '
+                     'file or directory')
+
+
+def _model_config(model: reward_model.RewardModelConfig | None, vocabulary: str
+                  ) -> reward_model.RewardModelConfig:
+  """The model's config (default: as gin binds it), checked to cover the vocabulary."""
+  config = model or reward_model.RewardModelConfig()
+  num_ids = data_arrays.vocabulary_size(vocabulary)
+  if config.encoder.vocab_size < num_ids:
+    raise ValueError(f'T5EncoderConfig.vocab_size = {config.encoder.vocab_size} is smaller than '
+                     f'the vocabulary {vocabulary} ({num_ids} ids)')
+  return config
+
+
+def _pairs(data_dir: str, vocabulary: str, property_name: str, eval_split: str, cache_dir: str,
+           lengths: Mapping[str, int], max_length: int, max_train_pairs: int | None,
+           world_labels: str, lenient: bool
+           ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, int]]:
+  """(train pairs with 'p_chosen' for gold labels, validation pairs, truncation counts)."""
+  raw = {split: data_arrays.pair_arrays(data_dir, vocabulary, property_name, split,
+                                        cache_dir=cache_dir, lenient=lenient, **lengths)
+         for split in ('train', eval_split)}
+  targets = None
+  if world_labels != 'drawn':
+    logging.warning('train_reward_model.world_labels = %r: this model learns from the gold, '
+                    'a diagnostic, not a proxy reward', world_labels)
+    targets = supervision.gold_label_targets(data_dir, property_name, 'train',
+                                             len(raw['train']['prompt_ids']), world_labels)
+  if max_train_pairs is not None:
+    raw['train'] = {k: v[:max_train_pairs] for k, v in raw['train'].items()}
+  response_length = lengths['response_length']
+  train_pairs = pack_pairs(raw['train'], max_length, response_length)
+  if targets is not None:
+    train_pairs['p_chosen'] = targets[:len(train_pairs['chosen'])]
+  eval_pairs = pack_pairs(raw[eval_split], max_length, response_length)
+  truncation = {f'{split}_{name}_full_rows': data_arrays.full_rows(ids)
+                for split, arrays in raw.items() for name, ids in arrays.items()}
+  return train_pairs, eval_pairs, truncation
+
+
+def _evaluate_fn(net: reward_model.RewardModel, eval_pairs: Mapping[str, np.ndarray],
+                 batch_size: int, source: tuple[str, str, str]
+                 ) -> Callable[[Any, Any], dict[str, Any]]:
+  """(params, mesh) -> validation metrics: pair_metrics, and on the world the agreement with
+  the gold of the pairs' source (data_dir, property, split)."""
+  reward_fn = jax.jit(make_pair_reward_fn(net))
+  gold_diff = supervision.gold_pair_differences(*source, len(eval_pairs['chosen']))
+
+  def evaluate(params: Any, mesh: Any) -> dict[str, Any]:
+    rewards = trainer_utils.batched_apply(lambda batch: reward_fn(params, batch), eval_pairs,
+                                          batch_size, mesh)
+    result = pair_metrics(rewards['chosen'], rewards['rejected'])
+    if gold_diff is not None:
+      result.update(supervision.gold_agreement(rewards['chosen'] - rewards['rejected'],
+                                               gold_diff))
+    return result
+
+  return evaluate
+
+
+def _load_t5x_fn(checkpoint: str, config: reward_model.RewardModelConfig
+                 ) -> Callable[[loop.TrainState, loop.TrainState], loop.TrainState]:
+  """(state, shardings) -> state with the encoder from a T5X checkpoint."""
+
+  def load_t5x(state: loop.TrainState, shardings: loop.TrainState) -> loop.TrainState:
+    encoder_params, report = t5x_checkpoint.load_encoder_params(checkpoint, config.encoder)
+    logging.info('%s', report.summary())
+    merged = t5x_checkpoint.insert_encoder_params(trainer_utils.to_host(state.params),
+                                                  encoder_params)
+    return state.replace(params=trainer_utils.place_params(merged, shardings.params))
+
+  return load_t5x
+
+
 @gin.configurable
 def train_reward_model(
     run_dir: str,
@@ -144,19 +243,7 @@ def train_reward_model(
     vocabulary: str = gin.REQUIRED,
     property_name: str = 'helpful',
     model: reward_model.RewardModelConfig | None = None,
-    steps: int = 1000,
-    batch_size: int = 32,
-    learning_rate: float = 1e-3,
-    warmup_steps: int = 100,
-    schedule: str = 'constant',
-    weight_decay: float = 0.0,
-    grad_clip_norm: float | None = 1.0,
-    eval_every: int = 500,
-    eval_batch_size: int = 128,
-    log_every: int = 50,
-    checkpoint_every: int = 500,
-    seed: int = 0,
-    mesh_shape: Sequence[int] = (-1, 1),
+    settings: settings_lib.TrainerSettings | None = None,
     prompt_length: int = 32,
     response_length: int = 48,
     max_length: int = 80,
@@ -176,15 +263,8 @@ def train_reward_model(
       at least its size.
     property_name: 'helpful' or 'harmless'.
     model: default RewardModelConfig() as bound by configs/models/t5_*.gin.
-    steps: optimizer updates.
-    batch_size: pairs per update (divisible by the mesh's data axis).
-    learning_rate, warmup_steps, schedule, weight_decay, grad_clip_norm: AdamW settings.
-    eval_every: validation every this many steps (and at the end); 0 = only at the end.
-    eval_batch_size: pairs per validation batch.
-    log_every: progress line interval.
-    checkpoint_every: orbax save interval (and at the end, and on SIGTERM).
-    seed: parameter init, dropout and data order.
-    mesh_shape: ('data', 'model') sizes; one may be -1.
+    settings: steps, batch size (pairs), AdamW, intervals, seed, mesh; default
+      `configured_settings()` (gin: train_reward_model/TrainerSettings.*).
     prompt_length, response_length: token budgets of the seqio features.
     max_length: packed encoder length of x ++ y.
     resume: continue from the latest checkpoint in run_dir.
@@ -205,87 +285,39 @@ def train_reward_model(
   run_dir, data_dir, vocabulary = (io_utils.abspath(p) for p in (run_dir, data_dir, vocabulary))
   init_t5x_checkpoint = io_utils.optional_abspath(init_t5x_checkpoint)
   cache_dir = io_utils.optional_abspath(cache_dir)
-  if world_labels not in WORLD_LABELS:  # before any data is read or tokenised
-    raise ValueError(f'train_reward_model.world_labels {world_labels!r} must be one of '
-                     f'{WORLD_LABELS}')
-  if property_name not in data_arrays.PROPERTY_SUBSETS:
-    raise ValueError(f'train_reward_model.property_name {property_name!r} must be one of '
-                     f'{sorted(data_arrays.PROPERTY_SUBSETS)}')
-  if init_t5x_checkpoint is not None and not io_utils.exists(init_t5x_checkpoint):
-    raise ValueError(f'train_reward_model.init_t5x_checkpoint {init_t5x_checkpoint}: no such '
-                     'file or directory')
-  settings = trainer.Settings.of('train_reward_model', locals())
-  config = model or reward_model.RewardModelConfig()
-  num_ids = data_arrays.vocabulary_size(vocabulary)
-  if config.encoder.vocab_size < num_ids:
-    raise ValueError(f'T5EncoderConfig.vocab_size = {config.encoder.vocab_size} is smaller than '
-                     f'the vocabulary {vocabulary} ({num_ids} ids)')
-  eval_split = data_arrays.validation_split(data_dir,
-                                            data_arrays.PROPERTY_SUBSETS[property_name])
+  _check_arguments(property_name, world_labels, init_t5x_checkpoint)
+  settings = settings or configured_settings()
+  config = _model_config(model, vocabulary)
+  eval_split = data_arrays.validation_split(data_dir, data_arrays.PROPERTY_SUBSETS[property_name])
   mesh = trainer.prepare_run_dir(settings, run_dir, PARAMS_FILE, data_dir,
-                                 [f'pairs/{property_name}'], eval_split, lenient=lenient)
+                                 [f'pairs/{property_name}'], eval_split, resume=resume,
+                                 lenient=lenient)
   cache_dir = cache_dir or os.path.join(run_dir, 'arrays')
   lengths = {'prompt_length': prompt_length, 'response_length': response_length}
-  raw = {split: data_arrays.pair_arrays(data_dir, vocabulary, property_name, split,
-                                        cache_dir=cache_dir, lenient=lenient, **lengths)
-         for split in ('train', eval_split)}
-  targets = None
-  if world_labels != 'drawn':
-    logging.warning('train_reward_model.world_labels = %r: this model learns from the gold, '
-                    'a diagnostic, not a proxy reward', world_labels)
-    targets = supervision.gold_label_targets(data_dir, property_name, 'train',
-                                             len(raw['train']['prompt_ids']), world_labels)
-  if max_train_pairs is not None:
-    raw['train'] = {k: v[:max_train_pairs] for k, v in raw['train'].items()}
-  train_pairs = pack_pairs(raw['train'], max_length, response_length)
-  if targets is not None:
-    train_pairs['p_chosen'] = targets[:len(train_pairs['chosen'])]
-  eval_pairs = pack_pairs(raw[eval_split], max_length, response_length)
-  truncation = {f'{split}_{name}_full_rows': data_arrays.full_rows(ids)
-                for split, arrays in raw.items() for name, ids in arrays.items()}
-
+  train_pairs, eval_pairs, truncation = _pairs(data_dir, vocabulary, property_name, eval_split,
+                                               cache_dir, lengths, max_length, max_train_pairs,
+                                               world_labels, lenient)
   net = reward_model.RewardModel(config)
   dummy = jnp.ones((1, max_length), jnp.int32)
-  reward_fn = jax.jit(make_pair_reward_fn(net))
-  gold_diff = supervision.gold_pair_differences(data_dir, property_name, eval_split,
-                                                len(eval_pairs['chosen']))
-
-  def evaluate(params: Any, mesh_: Any) -> dict[str, Any]:
-    rewards = trainer_utils.batched_apply(lambda batch: reward_fn(params, batch), eval_pairs,
-                                          eval_batch_size, mesh_)
-    result = pair_metrics(rewards['chosen'], rewards['rejected'])
-    if gold_diff is not None:
-      result.update(supervision.gold_agreement(rewards['chosen'] - rewards['rejected'],
-                                               gold_diff))
-    return result
-
-  def load_t5x(state: loop.TrainState, shardings: loop.TrainState) -> loop.TrainState:
-    encoder_params, report = t5x_checkpoint.load_encoder_params(init_t5x_checkpoint,
-                                                                config.encoder)
-    logging.info('%s', report.summary())
-    merged = t5x_checkpoint.insert_encoder_params(trainer_utils.to_host(state.params),
-                                                  encoder_params)
-    return state.replace(params=trainer_utils.place_params(merged, shardings.params))
-
   spec = trainer.TrainerSpec(
       init_params=lambda key: nn.unbox(net.init(key, dummy)['params']),
       boxed_params=jax.eval_shape(net.init, jax.random.key(0), dummy)['params'],
       make_train_step=lambda lr: make_train_step(net, lr), train_arrays=train_pairs,
-      evaluate=evaluate, params_file=PARAMS_FILE, info_file=INFO_FILE, summary_file=EVAL_FILE,
-      adjust_state=load_t5x if init_t5x_checkpoint else None)
+      evaluate=_evaluate_fn(net, eval_pairs, settings.eval_batch_size,
+                            (data_dir, property_name, eval_split)),
+      params_file=PARAMS_FILE, info_file=INFO_FILE, summary_file=EVAL_FILE,
+      adjust_state=_load_t5x_fn(init_t5x_checkpoint, config) if init_t5x_checkpoint else None)
   info = {'config': dataclasses.asdict(config), 'vocabulary': vocabulary, 'data_dir': data_dir,
           'property': property_name, 'max_length': max_length, **lengths,
           'world_labels': world_labels}
-  summary = {'property': property_name, 'split': eval_split,
-             'train_pairs': len(train_pairs['chosen']), 'truncation': truncation,
-             'world_labels': world_labels}
-  result, summary = trainer.run(spec, settings, run_dir, mesh, info, summary, start_time)
+  summary = {'property': property_name, 'split': eval_split, 'world_labels': world_labels,
+             'train_pairs': len(train_pairs['chosen']), 'truncation': truncation}
+  result, summary = trainer.run(spec, settings, run_dir, mesh, info, summary, start_time,
+                                resume=resume)
   if summary is not None:
-    print(json.dumps({k: summary[k] for k in ('property', 'split', 'step', 'pairs', 'accuracy',
-                                              'accuracy_ci95', 'loss', 'seconds',
-                                              'gold_label_agreement', 'model_gold_agreement')
-                      if k in summary}), flush=True)
+    print(json.dumps({k: summary[k] for k in _PRINTED if k in summary}), flush=True)
   return result
+
 
 def main(args: argparse.Namespace) -> int:
   """`lsc-align train-rm --run_dir DIR [--resume] [--init_t5x_checkpoint PATH]`."""

@@ -24,7 +24,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import gin
 import jax
@@ -37,6 +37,7 @@ from lsc_align.data import arrays as data_arrays
 from lsc_align.models import lm_losses
 from lsc_align.models import policy
 from lsc_align.train import loop
+from lsc_align.train import settings as settings_lib
 from lsc_align.train import trainer
 from lsc_align.train import trainer_utils
 from lsc_align.world import supervision
@@ -115,25 +116,80 @@ def load_policy(run_dir: str | os.PathLike[str]) -> tuple[policy.PolicyConfig, d
   return config, trainer_utils.load_params(path)
 
 
+# This trainer's TrainerSettings where gin binds none (train_sft/TrainerSettings.*).
+DEFAULT_SETTINGS: Mapping[str, Any] = {'steps': 2000, 'schedule': 'cosine'}
+_SCOPE = 'train_sft'
+
+
+def configured_settings(**overrides: Any) -> settings_lib.TrainerSettings:
+  """This trainer's TrainerSettings: gin's train_sft/TrainerSettings.*, then DEFAULT_SETTINGS,
+  with `overrides` over both."""
+  return settings_lib.configured(_SCOPE, DEFAULT_SETTINGS, **overrides)
+
+
+def _model_config(model: policy.PolicyConfig | None, vocabulary: str, length: int
+                  ) -> policy.PolicyConfig:
+  """The policy's config (default: as gin binds it), checked to cover the vocabulary and a
+  prompt and response of `length` tokens."""
+  config = model or policy.PolicyConfig()
+  num_ids = data_arrays.vocabulary_size(vocabulary)
+  if config.vocab_size < num_ids:
+    raise ValueError(f'PolicyConfig.vocab_size = {config.vocab_size} is smaller than the '
+                     f'vocabulary {vocabulary} ({num_ids} ids)')
+  if length > config.max_len:
+    raise ValueError(f'train_sft.prompt_length + response_length = {length} exceeds '
+                     f'PolicyConfig.max_len = {config.max_len}')
+  return config
+
+
+def _score_fn(config: policy.PolicyConfig, batch_size: int
+              ) -> Callable[[Any, Mapping[str, np.ndarray], Any], dict[str, Any]]:
+  """(params, rows, mesh) -> nll_metrics of the rows."""
+  row_nll = jax.jit(make_row_nll_fn(config))
+
+  def score(params: Any, rows: Mapping[str, np.ndarray], mesh: Any) -> dict[str, Any]:
+    return nll_metrics(trainer_utils.batched_apply(lambda b: row_nll(params, b), rows,
+                                                   batch_size, mesh))
+
+  return score
+
+
+def _world_extras_fn(score: Callable[[Any, Mapping[str, np.ndarray], Any], dict[str, Any]],
+                     data_dir: str, vocabulary: str, eval_split: str, samples_per_prompt: int,
+                     seed: int, lengths: Mapping[str, int]
+                     ) -> Callable[[Any, Any], dict[str, Any]]:
+  """(params, mesh) -> {'world': π0 against the world's collection policy} ({} off the world)."""
+
+  def world_extras(params: Any, mesh: Any) -> dict[str, Any]:
+    if samples_per_prompt <= 0:
+      return {}
+    world = supervision.collection_policy_comparison(
+        data_dir, vocabulary, eval_split, lambda rows: score(params, rows, mesh),
+        samples_per_prompt=samples_per_prompt, seed=seed, **lengths)
+    return {} if world is None else {'world': world}
+
+  return world_extras
+
+
+def _printed(summary: Mapping[str, Any]) -> dict[str, Any]:
+  """The line a finished run prints: validation NLL, accuracy and the world comparison."""
+  printed = {k: summary[k] for k in ('split', 'step', 'nll_per_token', 'nll_per_response',
+                                     'token_accuracy', 'seconds')}
+  if 'world' in summary:
+    printed['policy_entropy_per_token_upper_bound'] = summary['world']['collection_policy'][
+        'entropy_per_token_upper_bound']
+    printed['sft_nll_per_token_on_policy_samples'] = summary['world'][
+        'sft_nll_per_token_on_policy_samples']
+  return printed
+
+
 @gin.configurable
 def train_sft(
     run_dir: str,
     data_dir: str = gin.REQUIRED,
     vocabulary: str = gin.REQUIRED,
     model: policy.PolicyConfig | None = None,
-    steps: int = 2000,
-    batch_size: int = 32,
-    learning_rate: float = 1e-3,
-    warmup_steps: int = 100,
-    schedule: str = 'cosine',
-    weight_decay: float = 0.0,
-    grad_clip_norm: float | None = 1.0,
-    eval_every: int = 500,
-    eval_batch_size: int = 128,
-    log_every: int = 50,
-    checkpoint_every: int = 500,
-    seed: int = 0,
-    mesh_shape: Sequence[int] = (-1, 1),
+    settings: settings_lib.TrainerSettings | None = None,
     prompt_length: int = 32,
     response_length: int = 48,
     resume: bool = False,
@@ -150,13 +206,9 @@ def train_sft(
     vocabulary: world vocab.txt or SentencePiece .model; PolicyConfig.vocab_size must be at
       least its size.
     model: default PolicyConfig() as bound by configs/models/policy_*.gin.
-    steps, batch_size, learning_rate, warmup_steps, schedule, weight_decay, grad_clip_norm:
-      optimisation (AdamW; 'constant' or 'cosine' after warm-up).
-    eval_every: validation every this many steps (and at the end); 0 = only at the end.
-    eval_batch_size: responses per validation batch.
-    log_every, checkpoint_every: progress and orbax save intervals.
-    seed: init and data order.
-    mesh_shape: ('data', 'model') sizes; one may be -1.
+    settings: steps, batch size, AdamW ('constant' or 'cosine' after warm-up), intervals, seed
+      (init, data order, world samples), mesh; default `configured_settings()` (gin:
+      train_sft/TrainerSettings.*).
     prompt_length, response_length: token budgets (prompt keeps its end, response its start);
       their sum must not exceed PolicyConfig.max_len.
     resume: continue from the latest checkpoint.
@@ -174,19 +226,11 @@ def train_sft(
   # Paths as given may be relative to the working directory; what is stored is absolute.
   run_dir, data_dir, vocabulary = (io_utils.abspath(p) for p in (run_dir, data_dir, vocabulary))
   cache_dir = io_utils.optional_abspath(cache_dir)
-  settings = trainer.Settings.of('train_sft', locals())
-  config = model or policy.PolicyConfig()
-  num_ids = data_arrays.vocabulary_size(vocabulary)
-  if config.vocab_size < num_ids:
-    raise ValueError(f'PolicyConfig.vocab_size = {config.vocab_size} is smaller than the '
-                     f'vocabulary {vocabulary} ({num_ids} ids)')
-  if prompt_length + response_length > config.max_len:
-    raise ValueError(f'train_sft.prompt_length + response_length = '
-                     f'{prompt_length + response_length} exceeds PolicyConfig.max_len = '
-                     f'{config.max_len}')
+  settings = settings or configured_settings()
+  config = _model_config(model, vocabulary, prompt_length + response_length)
   eval_split = data_arrays.validation_split(data_dir)
   mesh = trainer.prepare_run_dir(settings, run_dir, PARAMS_FILE, data_dir, ['sft'], eval_split,
-                                 lenient=lenient)
+                                 resume=resume, lenient=lenient)
   cache_dir = cache_dir or os.path.join(run_dir, 'arrays')
   lengths = {'prompt_length': prompt_length, 'response_length': response_length}
   data = {split: data_arrays.sft_arrays(data_dir, vocabulary, split, cache_dir=cache_dir,
@@ -196,42 +240,25 @@ def train_sft(
     data['train'] = {k: v[:max_train_examples] for k, v in data['train'].items()}
   truncation = {f'{split}_{name}_full_rows': data_arrays.full_rows(ids)
                 for split, arrays in data.items() for name, ids in arrays.items()}
-  row_nll = jax.jit(make_row_nll_fn(config))
-
-  def score(params: Any, rows: Mapping[str, np.ndarray], mesh_: Any) -> dict[str, Any]:
-    return nll_metrics(trainer_utils.batched_apply(lambda b: row_nll(params, b), rows,
-                                                   eval_batch_size, mesh_))
-
-  def world_extras(params: Any, mesh_: Any) -> dict[str, Any]:
-    if world_samples_per_prompt <= 0:
-      return {}
-    world = supervision.collection_policy_comparison(
-        data_dir, vocabulary, eval_split, lambda rows: score(params, rows, mesh_),
-        samples_per_prompt=world_samples_per_prompt, seed=seed, **lengths)
-    return {} if world is None else {'world': world}
-
+  score = _score_fn(config, settings.eval_batch_size)
   spec = trainer.TrainerSpec(
       init_params=lambda key: policy.init_params(config, key),
       boxed_params=policy.abstract_params(config),
       make_train_step=lambda lr: make_train_step(config, lr), train_arrays=data['train'],
       evaluate=lambda params, mesh_: score(params, data[eval_split], mesh_),
       params_file=PARAMS_FILE, info_file=INFO_FILE, summary_file=EVAL_FILE,
-      final_extras=world_extras)
+      final_extras=_world_extras_fn(score, data_dir, vocabulary, eval_split,
+                                    world_samples_per_prompt, settings.seed, lengths))
   info = {'config': dataclasses.asdict(config), 'vocabulary': vocabulary, 'data_dir': data_dir,
           **lengths}
   summary = {'split': eval_split, 'train_examples': len(data['train']['prompt_ids']),
              'truncation': truncation}
-  result, summary = trainer.run(spec, settings, run_dir, mesh, info, summary, start_time)
+  result, summary = trainer.run(spec, settings, run_dir, mesh, info, summary, start_time,
+                                resume=resume)
   if summary is not None:
-    printed = {k: summary[k] for k in ('split', 'step', 'nll_per_token', 'nll_per_response',
-                                       'token_accuracy', 'seconds')}
-    if 'world' in summary:
-      printed['policy_entropy_per_token_upper_bound'] = summary['world']['collection_policy'][
-          'entropy_per_token_upper_bound']
-      printed['sft_nll_per_token_on_policy_samples'] = summary['world'][
-          'sft_nll_per_token_on_policy_samples']
-    print(json.dumps(printed), flush=True)
+    print(json.dumps(_printed(summary)), flush=True)
   return result
+
 
 def main(args: argparse.Namespace) -> int:
   """`lsc-align sft --run_dir DIR [--resume]`."""

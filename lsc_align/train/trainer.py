@@ -11,8 +11,8 @@ its validation — as a `TrainerSpec`; `run` does the rest the same way for all 
 The PPO / RLOO runs (lsc_align.pipeline.runs.run_ppo) have their own state and iteration but
 share `session` and `Session.train`.
 
-`Settings` holds the parameters the trainers share (gin binds them per trainer, e.g.
-`train_reward_model.steps`, `train_sft.steps`), and `prepare_run_dir` the checks that must come
+`settings.TrainerSettings` holds what the trainers share (gin binds it per trainer, e.g.
+`train_reward_model/TrainerSettings.steps`), and `prepare_run_dir` the checks that must come
 before a run directory gets anything.
 """
 from __future__ import annotations
@@ -36,35 +36,10 @@ from lsc_align import training_log
 from lsc_align.data import arrays as data_arrays
 from lsc_align.train import loop
 from lsc_align.train import trainer_utils
+from lsc_align.train.settings import TrainerSettings
 
 TrainStep = Callable[[loop.TrainState, Mapping[str, jax.Array]],
                      tuple[loop.TrainState, dict[str, jax.Array]]]
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-  """What every trainer takes (see train_reward_model / train_sft for the meaning)."""
-  function: str  # the gin name, for messages: 'train_reward_model', 'train_sft', ...
-  steps: int
-  batch_size: int
-  learning_rate: float
-  warmup_steps: int
-  schedule: str
-  weight_decay: float
-  grad_clip_norm: float | None
-  eval_every: int
-  eval_batch_size: int
-  log_every: int
-  checkpoint_every: int
-  seed: int
-  mesh_shape: Sequence[int]
-  resume: bool
-
-  @classmethod
-  def of(cls, function: str, arguments: Mapping[str, Any]) -> Settings:
-    """The shared settings out of a trainer's arguments (e.g. its locals())."""
-    names = [f.name for f in dataclasses.fields(cls) if f.name != 'function']
-    return cls(function, **{name: arguments[name] for name in names})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,18 +70,18 @@ class TrainerSpec:
   final_extras: Callable[[Any, Any], dict[str, Any]] | None = None
 
 
-def prepare_run_dir(settings: Settings, run_dir: str, params_file: str, data_dir: str | None,
-                    kinds: Sequence[str] = (), eval_split: str = 'test', *,
-                    lenient: bool = False) -> Any:
+def prepare_run_dir(settings: TrainerSettings, run_dir: str, params_file: str,
+                    data_dir: str | None, kinds: Sequence[str] = (), eval_split: str = 'test', *,
+                    resume: bool = False, lenient: bool = False) -> Any:
   """Checks that come before a run directory gets anything; returns the mesh.
 
   A directory that already holds a run needs resume; batch sizes must split over the mesh;
   every line of an HH-layout data_dir is read (strict unless lenient, which lists skipped lines
   in run_dir). A trainer whose data is not HH-layout text (data_dir None) checks it itself.
   """
-  trainer_utils.check_run_dir(run_dir, settings.resume, params_file)
+  trainer_utils.check_run_dir(run_dir, resume, params_file)
   mesh = partitioning.create_mesh(tuple(settings.mesh_shape))
-  trainer_utils.check_batch_sizes(mesh, settings.function, batch_size=settings.batch_size,
+  trainer_utils.check_batch_sizes(mesh, settings.binding, batch_size=settings.batch_size,
                                   eval_batch_size=settings.eval_batch_size)
   if data_dir is not None:
     data_arrays.check_data(data_dir, kinds, ('train', eval_split), lenient=lenient,
@@ -143,7 +118,7 @@ def session(run_dir: str, mesh: Any, checkpoint_every: int) -> Iterator[Session]
   writer = training_log.MetricsWriter(run_dir)
   gin_utils.write_operative_config(run_dir)
   checkpointer = checkpointing.TrainCheckpointer(
-      os.path.join(run_dir, 'checkpoints'), save_interval_steps=checkpoint_every, max_to_keep=2)
+      checkpointing.checkpoint_dir(run_dir), save_interval_steps=checkpoint_every, max_to_keep=2)
   with partitioning.activate(mesh), checkpointer, writer:
     yield Session(writer, checkpointer)
 
@@ -152,9 +127,9 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
   return {f'eval/{k}': v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
-def run(spec: TrainerSpec, settings: Settings, run_dir: str, mesh: Any,
-        info: Mapping[str, Any], summary: Mapping[str, Any],
-        start_time: float) -> tuple[loop.TrainResult, dict[str, Any] | None]:
+def run(spec: TrainerSpec, settings: TrainerSettings, run_dir: str, mesh: Any,
+        info: Mapping[str, Any], summary: Mapping[str, Any], start_time: float, *,
+        resume: bool = False) -> tuple[loop.TrainResult, dict[str, Any] | None]:
   """Trains, validates and writes the run directory; returns (result, summary or None).
 
   `info` goes into info_file (with the final step) next to the params; `summary` is the start
@@ -197,7 +172,7 @@ def run(spec: TrainerSpec, settings: Settings, run_dir: str, mesh: Any,
   extras: dict[str, Any] = {}
   with session(run_dir, mesh, settings.checkpoint_every) as live:
     result = live.train(state, train_step, batch_fn, steps, schedule=schedule,
-                        log_every=settings.log_every, resume=settings.resume,
+                        log_every=settings.log_every, resume=resume,
                         progress_keys=spec.progress_keys, step_callback=step_callback)
     if result.status is loop.TrainStatus.COMPLETED:
       final = spec.evaluate(result.state.params, mesh)

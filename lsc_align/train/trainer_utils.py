@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Callable, Mapping
 
@@ -23,11 +22,12 @@ from jax.sharding import Mesh
 import numpy as np
 import optax
 
+from lsc_align import checkpointing
 from lsc_align import io_utils
 from lsc_align import partitioning
 from lsc_align.train import loop
+from lsc_align.train.settings import SCHEDULES
 
-SCHEDULES = ('constant', 'cosine')
 
 
 def learning_rate_schedule(learning_rate: float, warmup_steps: int, total_steps: int,
@@ -127,7 +127,7 @@ def check_run_dir(run_dir: str, resume: bool, finished_file: str) -> None:
   if io_utils.exists(finished):
     raise ValueError(f'{run_dir} already holds a finished run ({finished_file}); choose a new '
                      'run directory, or delete this one to train again')
-  checkpoints = os.path.join(run_dir, 'checkpoints')
+  checkpoints = checkpointing.checkpoint_dir(run_dir)
   if io_utils.isdir(checkpoints) and any(n.isdigit() for n in io_utils.listdir(checkpoints)):
     raise ValueError(f'{run_dir} already has checkpoints of a run: add --resume to continue it '
                      '(resume=True), or choose a new run directory')
@@ -179,10 +179,6 @@ def load_params(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def count_params(params: Any) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(params))))
-
-
-def mean_or_nan(values: np.ndarray) -> float:
-  return float(np.mean(values)) if len(values) else math.nan
 
 
 def as_float_dict(tree: Mapping[str, Any]) -> dict[str, Any]:

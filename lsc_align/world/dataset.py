@@ -57,13 +57,12 @@ import numpy as np
 
 from lsc_align import gin_utils
 from lsc_align import io_utils
-from lsc_align.conventions import PROPERTIES
+from lsc_align.conventions import PROPERTIES, PROPERTY_SUBSETS
 from lsc_align.world import vocabulary as word_vocab
 from lsc_align.world import config as world_config
 from lsc_align.world import gold as world_gold
 from lsc_align.world import grammar as world_grammar
 
-PROPERTY_DIRS = {'helpful': 'helpful-base', 'harmless': 'harmless-base'}
 SPLITS = ('train', 'test')
 FORMAT_VERSION = 1
 
@@ -194,7 +193,7 @@ def write_world(config: world_config.WorldConfig,
     rows = [{'chosen': render(p.prompt + p.chosen), 'rejected': render(p.prompt + p.rejected)}
             for p in split_pairs]
     _atomic_write_jsonl_gz(
-        os.path.join(out_dir, PROPERTY_DIRS[property_name], f'{split}.jsonl.gz'), rows)
+        os.path.join(out_dir, PROPERTY_SUBSETS[property_name], f'{split}.jsonl.gz'), rows)
     gold_rows += [_gold_row(i, p) for i, p in enumerate(split_pairs)]
     if property_name == 'helpful':
       sft = [{'prompt': render(p.prompt), 'response': render(p.chosen),
@@ -206,7 +205,7 @@ def write_world(config: world_config.WorldConfig,
   summary = {
       'format_version': FORMAT_VERSION,
       'vocab_size': vocabulary.size,
-      'pairs': {f'{PROPERTY_DIRS[p]}/{s}': len(v) for (p, s), v in pairs.items()},
+      'pairs': {f'{PROPERTY_SUBSETS[p]}/{s}': len(v) for (p, s), v in pairs.items()},
       'config': config.to_dict(),
   }
   io_utils.atomic_write_json(os.path.join(out_dir, 'world.json'), summary)

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lsc_align.conventions import PROPERTY_SUBSETS
 from lsc_align.world import dataset as world
 from lsc_align.world import config as world_config
 from lsc_align.world import gold as world_gold
@@ -240,7 +241,7 @@ def data_prompts(data_dir: str | os.PathLike[str], split: str,
                  property_name: str = 'helpful') -> list[list[str]]:
   """The distinct prompts (words) of a world split, in file order."""
   from lsc_align.world import stats as world_stats  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.fspath(data_dir), world.PROPERTY_DIRS[property_name],
+  path = os.path.join(os.fspath(data_dir), PROPERTY_SUBSETS[property_name],
                       f'{split}.jsonl.gz')
   prompts: dict[tuple[str, ...], None] = {}
   for number, row in enumerate(world.read_jsonl_gz(path), start=1):

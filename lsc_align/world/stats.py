@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lsc_align.conventions import PROPERTY_SUBSETS
 from lsc_align.world import vocabulary as word_vocab
 from lsc_align.world import dataset as world
 from lsc_align.world import gold as world_gold
@@ -44,7 +45,7 @@ def split_dialogue(text: str, source: str = '') -> tuple[list[str], list[str]]:
 
 def read_pairs(data_dir: str, property_name: str, split: str) -> list[dict[str, Any]]:
   """{'prompt', 'chosen', 'rejected'} word lists of a world split, in file order."""
-  path = os.path.join(data_dir, world.PROPERTY_DIRS[property_name], f'{split}.jsonl.gz')
+  path = os.path.join(data_dir, PROPERTY_SUBSETS[property_name], f'{split}.jsonl.gz')
   rows = []
   for number, row in enumerate(world.read_jsonl_gz(path), start=1):
     prompt, chosen = split_dialogue(row['chosen'], f'{path}:{number}')
