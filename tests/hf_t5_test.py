@@ -1,10 +1,13 @@
 """Tests for lsc_align.models.hf_t5 on the transformers-written T5 checkpoints (tests/data)."""
 import dataclasses
 import json
+import os
 import pathlib
 import shutil
 import struct
 
+from etils.epath import backend as epath_backend
+from etils.epath import gpath
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -62,7 +65,8 @@ def _tensors(directory):
 
 def _write_safetensors(path, tensors):
   """A safetensors file written by hand (bfloat16 included), independent of the reader."""
-  names = {np.dtype(np.float32): 'F32', np.dtype(ml_dtypes.bfloat16): 'BF16'}
+  names = {np.dtype(np.float32): 'F32', np.dtype(np.float16): 'F16',
+           np.dtype(ml_dtypes.bfloat16): 'BF16'}
   header, offset, chunks = {}, 0, []
   for name, value in tensors.items():
     data = np.ascontiguousarray(value).tobytes()
@@ -168,30 +172,70 @@ def test_on_a_mesh_params_are_sharded_by_the_rules_and_give_the_same_states():
     np.testing.assert_array_equal(np.asarray(t5x_checkpoint.flat_names(rm_params)[name]), value)
 
 
-def test_bfloat16_shards_with_an_index_and_the_embed_tokens_name(tmp_path):
+def test_bfloat16_and_float16_shards_with_an_index_and_the_embed_tokens_name(tmp_path):
   directory = _copy('t5_v1_1_encoder', tmp_path)
   raw = _tensors(directory)
   (directory / 'model.safetensors').unlink()
   raw['encoder.embed_tokens.weight'] = raw.pop('shared.weight')  # the tied copy's name
-  bf16 = {k: v.astype(ml_dtypes.bfloat16) for k, v in raw.items()}
-  names = sorted(bf16)
-  shards = {'model-00001-of-00002.safetensors': names[:7],
-            'model-00002-of-00002.safetensors': names[7:]}
-  for file, members in shards.items():
-    _write_safetensors(directory / file, {k: bf16[k] for k in members})
+  names = sorted(raw)
+  shards = {'model-00001-of-00002.safetensors': (names[:7], ml_dtypes.bfloat16),
+            'model-00002-of-00002.safetensors': (names[7:], np.float16)}
+  stored = {}
+  for file, (members, dtype) in shards.items():
+    stored.update({k: raw[k].astype(dtype) for k in members})
+    _write_safetensors(directory / file, {k: stored[k] for k in members})
   (directory / 'model.safetensors.index.json').write_text(json.dumps(
-      {'weight_map': {k: f for f, members in shards.items() for k in members}}))
+      {'weight_map': {k: f for f, (members, _) in shards.items() for k in members}}))
   config, params, _ = hf_t5.load_hf_t5_encoder(directory)
   flat = t5x_checkpoint.flat_names(params)
   np.testing.assert_array_equal(flat['token_embedder/embedding'],
-                                bf16['encoder.embed_tokens.weight'].astype(np.float32))
+                                stored['encoder.embed_tokens.weight'].astype(np.float32))
   for name, (hf, transform) in hf_t5.tensor_names(config).items():
     hf = 'encoder.embed_tokens.weight' if hf == 'shared.weight' else hf
-    want = bf16[hf].astype(np.float32)
+    want = stored[hf].astype(np.float32)
+    assert flat[name].dtype == np.float32
     np.testing.assert_array_equal(flat[name], want.T if transform == hf_t5.TRANSPOSE else want)
+  (directory / 'model-00002-of-00002.safetensors').unlink()
   with pytest.raises(FileNotFoundError, match='model-00002-of-00002.safetensors'):
-    (directory / 'model-00002-of-00002.safetensors').unlink()
     hf_t5.load_hf_t5_encoder(directory)
+
+
+class _Bucket(epath_backend._OsPathBackend):  # pylint: disable=protected-access
+  """gs://bucket/key served from a local root (there is no bucket here)."""
+
+  def __init__(self, root):
+    self.root = root
+
+  def _local(self, path):
+    path = os.fspath(path)
+    return path if path.startswith(self.root) else os.path.join(self.root, path[len('gs://'):])
+
+  def open(self, path, mode):
+    return super().open(self._local(path), mode)
+
+  def exists(self, path):
+    return super().exists(self._local(path))
+
+  def isdir(self, path):
+    return super().isdir(self._local(path))
+
+  def listdir(self, path):
+    return super().listdir(self._local(path))
+
+
+def test_gs_checkpoint_reads_through_epath(tmp_path, monkeypatch):
+  shutil.copytree(PRETRAINED / 't5_v1_1_encoder', tmp_path / 'bucket' / 'models' / 't5')
+  store = _Bucket(str(tmp_path / 'bucket'))
+  # pylint: disable=protected-access
+  real = gpath.PosixGPath._backend
+  monkeypatch.setattr(gpath.PosixGPath, '_backend', property(
+      lambda self: store if self._uri_scheme == 'gs' else real.fget(self)))
+  # pylint: enable=protected-access
+  monkeypatch.chdir(tmp_path)
+  config, params, tokenizer = hf_t5.load_hf_t5_encoder('gs://models/t5')
+  assert tokenizer.path == 'gs://models/t5'
+  assert _real_max_error(config, params, _golden('t5_v1_1_encoder')) < TOLERANCE
+  assert not os.path.exists(tmp_path / 'gs:')
 
 
 def test_a_checkpoint_without_encoder_tensors(tmp_path):
