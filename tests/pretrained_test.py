@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from lsc_align import conventions
 from lsc_align.models import hf_families
 from lsc_align.models import policy
 from lsc_align.models import pretrained
@@ -154,7 +155,8 @@ def test_export_refuses_an_existing_directory(tmp_path):
 
 def test_world_policy_exports_as_llama(tmp_path):
   params = jax.jit(policy.init_params, static_argnums=0)(WORLD, jax.random.key(0, impl='rbg'))
-  path = _export(pretrained.from_policy(params, WORLD), tmp_path)
+  words = ['Human:', 'Assistant:', 'hello', 'world']
+  path = _export(pretrained.from_policy(params, WORLD, words=words), tmp_path)
   hf = json.loads(pathlib.Path(path, 'config.json').read_text())
   assert hf['model_type'] == 'llama' and not hf['tie_word_embeddings']
   assert (hf['eos_token_id'], hf['pad_token_id']) == (policy.EOS_ID, policy.PAD_ID)
@@ -169,6 +171,10 @@ def test_world_policy_exports_as_llama(tmp_path):
   tokens = np.random.default_rng(0).integers(2, 384, (2, 12)).astype(np.int32)
   expected = pretrained.logits(pretrained.from_policy(params, WORLD), tokens)
   np.testing.assert_array_equal(pretrained.logits(model, tokens), expected)
+  tokenizer = model.tokenizer  # the WordLevel tokenizer.json, read back by load_tokenizer
+  assert tokenizer.encode('Human: hello  world\n', add_special_tokens=False) == [3, 5, 6]
+  assert tokenizer.encode('Assistant: moon', add_special_tokens=False) == [4, conventions.UNK_ID]
+  assert (tokenizer.pad_id, tokenizer.eos_id) == (policy.PAD_ID, policy.EOS_ID)
 
 
 def test_ranged_reader_equals_safe_open():
@@ -294,6 +300,13 @@ def test_written_file_is_valid_safetensors(tmp_path):
 def test_policy_config_rejects_bad_new_fields(field, value):
   with pytest.raises(ValueError, match=f'PolicyConfig.{field}|sliding_window'):
     policy.PolicyConfig(**{field: value})
+
+
+def test_word_level_tokenizer_rejects_bad_words():
+  with pytest.raises(ValueError, match="word '<unk>'"):
+    hf_families.word_level_tokenizer(['a', '<unk>'], WORLD)
+  with pytest.raises(ValueError, match='do not fit PolicyConfig.vocab_size'):
+    hf_families.word_level_tokenizer([f'w{i}' for i in range(400)], WORLD)
 
 
 def test_llama_config_refuses_what_llama_lacks():

@@ -16,8 +16,10 @@ decoder does not implement is a one-line ValueError naming the config key.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+import json
+from typing import Any, Mapping, Sequence
 
+from lsc_align import conventions
 from lsc_align.models.policy import PolicyConfig
 
 SAME, FLAT = 'same', 'flat'
@@ -289,3 +291,38 @@ def llama_config(config: PolicyConfig, *, torch_dtype: str = 'float32',
 def source_dtype(hf: Mapping[str, Any]) -> str | None:
   """The checkpoint's declared dtype ('bfloat16', ...): 5.x `dtype` or 4.x `torch_dtype`."""
   return hf.get('dtype') or hf.get('torch_dtype')
+
+
+_RESERVED = ((conventions.PAD_ID, '<pad>'), (conventions.EOS_ID, '</s>'),
+             (conventions.UNK_ID, '<unk>'))
+
+
+def word_level_tokenizer(words: Sequence[str], config: PolicyConfig) -> dict[str, str]:
+  """tokenizer.json (a `tokenizers` WordLevel model) and tokenizer_config.json for a word list
+  under the project's id convention: pad 0, eos 1, unk 2, then the words.
+
+  Raises:
+    ValueError: the words do not fit the embedding, or one is reserved, repeated or has spaces.
+  """
+  vocab = {text: token_id for token_id, text in _RESERVED}
+  for word in words:
+    if not word or word != word.strip() or len(word.split()) != 1 or word in vocab:
+      raise ValueError(f'word {word!r} is empty, has whitespace, is reserved or is repeated')
+    vocab[word] = len(vocab)
+  if len(vocab) > config.vocab_size:
+    raise ValueError(f'{len(vocab)} ids do not fit PolicyConfig.vocab_size {config.vocab_size}')
+  special = lambda token_id, text: {'id': token_id, 'content': text, 'single_word': False,
+                                    'lstrip': False, 'rstrip': False, 'normalized': False,
+                                    'special': True}
+  tokenizer = {'version': '1.0', 'truncation': None, 'padding': None,
+               'added_tokens': [special(i, t) for i, t in _RESERVED], 'normalizer': None,
+               'pre_tokenizer': {'type': 'WhitespaceSplit'}, 'post_processor': None,
+               'decoder': None, 'model': {'type': 'WordLevel', 'vocab': vocab,
+                                          'unk_token': '<unk>'}}
+  tokenizer_config = {
+      'tokenizer_class': 'PreTrainedTokenizerFast', 'pad_token': '<pad>', 'eos_token': '</s>',
+      'unk_token': '<unk>', 'model_max_length': config.max_len,
+      'added_tokens_decoder': {str(i): {k: v for k, v in special(i, t).items() if k != 'id'}
+                               for i, t in _RESERVED}}
+  return {'tokenizer.json': json.dumps(tokenizer, ensure_ascii=False, indent=1) + '\n',
+          'tokenizer_config.json': json.dumps(tokenizer_config, indent=2) + '\n'}

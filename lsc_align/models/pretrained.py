@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +63,8 @@ class PretrainedModel:
   tokenizer: Any = None
   source: str | None = None  # the directory loaded from (its tokenizer files are exported)
   tensor_dtypes: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> 'BF16', ...
+  # Files export writes beside the weights when there is no source (e.g. a tokenizer.json).
+  extra_files: dict[str, str] = dataclasses.field(default_factory=dict)
 
   @property
   def eos_id(self) -> int | None:
@@ -207,15 +209,18 @@ def load(path: str, *, mesh: jax.sharding.Mesh | None = None, dtype: Any = None,
 
 
 def from_policy(params: policy.Params, config: policy.PolicyConfig, *,
-                eos_token_id: int | None = policy.EOS_ID,
-                pad_token_id: int | None = policy.PAD_ID) -> PretrainedModel:
+                words: Sequence[str] | None = None) -> PretrainedModel:
   """A policy trained here (e.g. the world's) as a Llama-layout model, float32, for export.
+
+  Its config.json is its own (untied, the project's pad 0 and eos 1). With `words` (a word
+  vocabulary's list: ids 3, 4, ... after pad, eos and unk) the export also holds a
+  `tokenizers` WordLevel tokenizer.json over them (whitespace split; decode joins with spaces).
 
   Raises:
     ValueError: the config uses a feature Llama does not have (hf_families.llama_config).
   """
-  hf = hf_families.llama_config(config, torch_dtype='float32', eos_token_id=eos_token_id,
-                                pad_token_id=pad_token_id)
+  hf = hf_families.llama_config(config, torch_dtype='float32', eos_token_id=policy.EOS_ID,
+                                pad_token_id=policy.PAD_ID)
   devices = {d for leaf in jax.tree.leaves(params)
              for d in getattr(getattr(leaf, 'sharding', None), 'device_set', ())}
   mesh = _single_device_mesh()
@@ -223,7 +228,8 @@ def from_policy(params: policy.Params, config: policy.PolicyConfig, *,
     mesh = next(leaf.sharding.mesh for leaf in jax.tree.leaves(params)
                 if hasattr(getattr(leaf, 'sharding', None), 'mesh'))
   return PretrainedModel(config=config, params=params, family='llama', hf_config=hf, mesh=mesh,
-                         tensor_dtypes={t.checkpoint: 'F32' for t in tensor_plan(config, 'llama')})
+                         tensor_dtypes={t.checkpoint: 'F32' for t in tensor_plan(config, 'llama')},
+                         extra_files=hf_families.word_level_tokenizer(words, config) if words else {})
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -331,6 +337,10 @@ def _copy_side_files(model: PretrainedModel, staging: str) -> list[str]:
   else:
     _write_json(os.path.join(staging, GENERATION_CONFIG_FILE),
                 _generation_config(model.hf_config))
+  for name, text in model.extra_files.items():
+    with open(os.path.join(staging, name), 'w', encoding='utf-8') as f:
+      f.write(text)
+    files.append(name)
   for name in names:
     full = os.path.join(source, name)
     if (name in _NOT_TOKENIZER or name.endswith('.safetensors') or name.startswith('.')
