@@ -93,6 +93,16 @@ def test_tokenizer_and_config_attached():
   assert pretrained.load(str(DATA / 'gemma3_text'), max_len=16).config.max_len == 16
 
 
+def test_bfloat16_parameters_from_a_bfloat16_checkpoint():
+  case = 'llama2_tied_bf16_sharded'
+  model = pretrained.load(str(DATA / case), dtype='bfloat16')
+  assert {x.dtype for x in jax.tree.leaves(model.params)} == {jnp.dtype(jnp.bfloat16)}
+  embedding = safetensors_io.CheckpointReader(str(DATA / case)).read('model.embed_tokens.weight')
+  np.testing.assert_array_equal(model.params['token_embedder']['embedding'], embedding)
+  np.testing.assert_allclose(pretrained.logits(model, _golden(case)['input_ids']),
+                             _golden(case)['logits'], rtol=0, atol=1e-4)
+
+
 def test_policy_config_survives_json():
   config = _model('gemma3_text').config
   again = policy.PolicyConfig(**json.loads(json.dumps(dataclasses.asdict(config))))
