@@ -83,7 +83,6 @@ class CheckpointReader:
       for name, file in weight_map.items():
         if self._entries.get(name, (file,))[0] != file:
           raise ValueError(f'{index_path}: tensor {name} is not in {file}')
-    self._open: dict[str, object] = {}
 
   def names(self) -> list[str]:
     return sorted(self._entries)
@@ -106,9 +105,10 @@ class CheckpointReader:
     path = os.path.join(self.directory, file)
     if self._safe_open:
       from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-      if file not in self._open:
-        self._open[file] = safe_open(path, framework='numpy')
-      return self._open[file].get_tensor(name)
+      # Opened per tensor: the file's memory map goes when the tensor is copied out, so the
+      # shard's pages do not stay resident while the rest of the checkpoint is read.
+      with safe_open(path, framework='numpy') as handle:
+        return handle.get_tensor(name)
     start, end = entry['data_offsets']
     with io_utils.open_file(path, 'rb') as handle:
       handle.seek(offset + start)
