@@ -40,3 +40,18 @@ def test_sharded_load_matches_one_device(case, mesh_shape):
   prompts = partitioning.shard_batch({'ids': prompt_ids}, mesh)['ids']
   np.testing.assert_array_equal(pretrained.generate(sharded, prompts, 8, eos_id=None),
                                 np.tile(golden['greedy_ids'], (2, 1)))
+
+
+def test_sharded_world_policy_exports_the_same_tensors(tmp_path):
+  config = policy.PolicyConfig(vocab_size=64, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
+                               num_layers=2, max_len=32, value_hidden_dim=16)
+  params = jax.jit(policy.init_params, static_argnums=0)(config, jax.random.key(0, impl='rbg'))
+  mesh = partitioning.create_mesh((2, 4))
+  sharded = jax.device_put(
+      params, partitioning.logical_shardings(policy.abstract_params(config), mesh))
+  model = pretrained.from_policy(sharded, config)
+  assert model.mesh.shape == mesh.shape
+  pretrained.export(model, str(tmp_path / 'sharded'))
+  pretrained.export(pretrained.from_policy(params, config), str(tmp_path / 'one'))
+  for name in ('model.safetensors', 'config.json'):
+    assert (tmp_path / 'sharded' / name).read_bytes() == (tmp_path / 'one' / name).read_bytes()

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from gcs_paths_test import bucket  # pylint: disable=unused-import (the gs:// stand-in fixture)
 from lsc_align import conventions
 from lsc_align.models import hf_families
 from lsc_align.models import policy
@@ -196,6 +197,23 @@ def test_ranged_reader_equals_safe_open():
     a, b = ranged.read(name), local.read(name)
     assert a.dtype == b.dtype == safetensors_io.DTYPES['BF16']
     np.testing.assert_array_equal(a, b)
+
+
+def test_load_and_export_through_gs(bucket):  # pylint: disable=redefined-outer-name
+  """gs:// checkpoints: headers and byte ranges through epath, export staged then uploaded."""
+  case = 'gemma2_softcap'
+  shutil.copytree(DATA / case, bucket.local('gs://b/ckpt'))
+  model = pretrained.load('gs://b/ckpt')
+  assert model.tokenizer is not None
+  golden = _golden(case)
+  np.testing.assert_allclose(pretrained.logits(model, golden['input_ids']), golden['logits'],
+                             rtol=0, atol=1e-4)
+  pretrained.export(model, 'gs://b/out')
+  assert sorted(os.listdir(bucket.local('gs://b/out'))) == sorted(
+      n for n in os.listdir(DATA / case) if n not in ('golden.npz', 'tokenization.json'))
+  np.testing.assert_array_equal(pretrained.logits(pretrained.load('gs://b/out'),
+                                                  golden['input_ids']),
+                                pretrained.logits(model, golden['input_ids']))
 
 
 def test_sampler_pad_and_eos_ids():

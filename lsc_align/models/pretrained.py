@@ -221,12 +221,10 @@ def from_policy(params: policy.Params, config: policy.PolicyConfig, *,
   """
   hf = hf_families.llama_config(config, torch_dtype='float32', eos_token_id=policy.EOS_ID,
                                 pad_token_id=policy.PAD_ID)
-  devices = {d for leaf in jax.tree.leaves(params)
-             for d in getattr(getattr(leaf, 'sharding', None), 'device_set', ())}
-  mesh = _single_device_mesh()
-  if len(devices) > 1:
-    mesh = next(leaf.sharding.mesh for leaf in jax.tree.leaves(params)
-                if hasattr(getattr(leaf, 'sharding', None), 'mesh'))
+  # The mesh the params already sit on (a sharded run), else one device.
+  meshes = [leaf.sharding.mesh for leaf in jax.tree.leaves(params)
+            if isinstance(getattr(leaf, 'sharding', None), jax.sharding.NamedSharding)]
+  mesh = meshes[0] if meshes else _single_device_mesh()
   return PretrainedModel(config=config, params=params, family='llama', hf_config=hf, mesh=mesh,
                          tensor_dtypes={t.checkpoint: 'F32' for t in tensor_plan(config, 'llama')},
                          extra_files=hf_families.word_level_tokenizer(words, config) if words else {})
