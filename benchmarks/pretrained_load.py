@@ -136,8 +136,9 @@ def main() -> None:
                           'checkpoint_dtype': 'bfloat16', 'param_dtype': args.param_dtype,
                           'shard_mb': args.shard_mb},
                'checkpoint_bytes': checkpoint_bytes, 'write_seconds': write_seconds, **child,
-               'load_rss_increase_over_param_bytes':
-                   (child['peak_rss_bytes'] - child['rss_before_load_bytes']) / child['param_bytes']})
+               'load_rss_increase_over_param_bytes': (
+                   child['peak_rss_bytes'] - child['rss_before_load_bytes'])
+                   / child['param_bytes']})
 
 
 if __name__ == '__main__':

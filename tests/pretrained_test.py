@@ -145,8 +145,9 @@ def test_sharded_export_writes_an_index(tmp_path):
   index = json.loads(pathlib.Path(path, safetensors_io.INDEX_FILE).read_text())
   assert len(set(index['weight_map'].values())) > 2
   assert not (pathlib.Path(path) / safetensors_io.SINGLE_FILE).exists()
-  np.testing.assert_array_equal(pretrained.logits(pretrained.load(path), _golden(
-      'qwen3_qknorm')['input_ids']), pretrained.logits(model, _golden('qwen3_qknorm')['input_ids']))
+  tokens = _golden('qwen3_qknorm')['input_ids']
+  np.testing.assert_array_equal(pretrained.logits(pretrained.load(path), tokens),
+                                pretrained.logits(model, tokens))
 
 
 def test_failed_export_leaves_nothing(tmp_path, monkeypatch):

@@ -227,7 +227,8 @@ def from_policy(params: policy.Params, config: policy.PolicyConfig, *,
   mesh = meshes[0] if meshes else _single_device_mesh()
   return PretrainedModel(config=config, params=params, family='llama', hf_config=hf, mesh=mesh,
                          tensor_dtypes={t.checkpoint: 'F32' for t in tensor_plan(config, 'llama')},
-                         extra_files=hf_families.word_level_tokenizer(words, config) if words else {})
+                         extra_files=(hf_families.word_level_tokenizer(words, config)
+                                      if words else {}))
 
 
 @functools.partial(jax.jit, static_argnums=1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -150,7 +150,8 @@ def write_file(path: str, tensors: Sequence[tuple[str, tuple[int, ...], str]],
   header, offset = {}, 0
   for name, shape, dtype in tensors:
     nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
-    header[name] = {'dtype': dtype, 'shape': list(shape), 'data_offsets': [offset, offset + nbytes]}
+    header[name] = {'dtype': dtype, 'shape': list(shape),
+                    'data_offsets': [offset, offset + nbytes]}
     offset += nbytes
   header['__metadata__'] = {'format': 'pt'}
   encoded = json.dumps(header, separators=(',', ':')).encode()
@@ -178,12 +179,7 @@ def write_checkpoint(directory: str, tensors: Sequence[tuple[str, tuple[int, ...
     weight_map.update({name: file for name, _, _ in shard})
   if len(files) > 1:
     index = {'metadata': {'total_size': total}, 'weight_map': dict(sorted(weight_map.items()))}
-    io_utils.atomic_write_text(os.path.join(directory, INDEX_FILE), json.dumps(index, indent=2) + '\n')
+    io_utils.atomic_write_text(os.path.join(directory, INDEX_FILE),
+                               json.dumps(index, indent=2) + '\n')
     files.append(INDEX_FILE)
   return files
-
-
-def iter_dtypes(reader: CheckpointReader) -> Iterator[tuple[str, str]]:
-  """(name, dtype name) of every tensor."""
-  for name in reader.names():
-    yield name, reader.dtype(name)
