@@ -91,3 +91,22 @@ def test_sliding_window_limits_what_a_layer_sees():
   # Two layers of window 3 reach 4 positions back: positions 2..6 change, 7.. do not.
   assert np.abs(base[0, 6] - other[0, 6]).max() > 1e-4
   np.testing.assert_array_equal(base[0, 7:], other[0, 7:])
+
+
+def test_no_pad_id_responses_that_stop_score_like_the_sampler():
+  """pad_id -1: finished rows are filled with -1, and scoring them gives the sampler's log-probs."""
+  prompts = np.where(PROMPTS == 0, 7, PROMPTS)
+  free = sampling.sample(_params(), CONFIG, prompts, jax.random.key(4), max_response_length=10,
+                         temperature=0.8, pad_id=-1, eos_id=-1)
+  eos = int(free.response_ids[0, 3])
+  out = sampling.sample(_params(), CONFIG, prompts, jax.random.key(4), max_response_length=10,
+                        temperature=0.8, pad_id=-1, eos_id=eos)
+  ids, mask = np.asarray(out.response_ids), np.asarray(out.response_mask)
+  stop = list(np.asarray(free.response_ids[0])).index(eos) + 1  # the same draws up to eos
+  np.testing.assert_array_equal(ids[0, :stop], free.response_ids[0, :stop])
+  assert mask[0, :stop].all() and not mask[0, stop:].any() and np.all(ids[0, stop:] == -1)
+  np.testing.assert_array_equal(mask, (ids != -1).astype(np.int32))
+  scores = sampling.response_logprobs(_params(), CONFIG, prompts, out.response_ids, 0.8,
+                                      pad_id=-1)
+  assert np.isfinite(scores.logprobs).all()
+  np.testing.assert_allclose(scores.logprobs, out.logprobs, atol=1e-5)
