@@ -26,6 +26,10 @@ layers' logical constraints then shard activations and the KV cache (batch over 
 
 EOS: the EOS token itself is part of the response (mask 1); after it every token is pad (0) with
 mask 0, log-prob 0 and value 0.
+
+Pad and EOS ids are arguments (defaults: the project's PAD_ID 0 and EOS_ID 1), for checkpoints
+whose token 0 is a real token. pad_id = -1 means "no pad": nothing is masked, prompts are
+unpadded (every row full length) and -1 fills the responses after EOS; eos_id = -1 never stops.
 """
 from __future__ import annotations
 
@@ -58,15 +62,17 @@ class ResponseScores(NamedTuple):
   response_mask: jax.Array  # [B, Lr] int32
 
 
-def sampling_logits(logits_xV: jax.Array, temperature: float | jax.Array) -> jax.Array:
+def sampling_logits(logits_xV: jax.Array, temperature: float | jax.Array,
+                    pad_id: int = PAD_ID) -> jax.Array:
   """Logits of the sampling distribution: pad excluded, divided by temperature (if > 0)."""
   scale = jnp.where(temperature > 0, temperature, 1.0).astype(jnp.float32)
-  return (logits_xV.astype(jnp.float32) / scale).at[..., PAD_ID].set(_MASKED_LOGIT)
+  scaled_xV = logits_xV.astype(jnp.float32) / scale
+  return scaled_xV if pad_id < 0 else scaled_xV.at[..., pad_id].set(_MASKED_LOGIT)
 
 
-def response_mask(response_ids_BxLr: jax.Array) -> jax.Array:
+def response_mask(response_ids_BxLr: jax.Array, pad_id: int = PAD_ID) -> jax.Array:
   """1 on response tokens (EOS included), 0 on the padding after them."""
-  return (response_ids_BxLr != PAD_ID).astype(jnp.int32)
+  return (response_ids_BxLr != pad_id).astype(jnp.int32)
 
 
 def _row_keys(rng: jax.Array, batch_size: int) -> jax.Array:
@@ -80,9 +86,9 @@ def _row_keys(rng: jax.Array, batch_size: int) -> jax.Array:
 
 
 def _draw_tokens(row_keys: jax.Array, step: jax.Array, logits_BxV: jax.Array,
-                 temperature: float | jax.Array) -> tuple[jax.Array, jax.Array]:
+                 temperature: float | jax.Array, pad_id: int) -> tuple[jax.Array, jax.Array]:
   """Tokens [B] drawn from the sampling distribution, and their log-probs under it."""
-  scaled_BxV = sampling_logits(logits_BxV, temperature)
+  scaled_BxV = sampling_logits(logits_BxV, temperature, pad_id)
   step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
   drawn_B = jax.vmap(jax.random.categorical)(step_keys, scaled_BxV)
   # Temperature is traced (one program for every temperature), so greedy is a select.
@@ -108,11 +114,14 @@ def _empty(batch: int, response_len: int) -> _Emitted:
 
 def _emit(emitted: _Emitted, row_keys: jax.Array, step: jax.Array, logits_BxV: jax.Array,
           values_B: jax.Array, temperature: float | jax.Array,
-          eos_id: int) -> tuple[_Emitted, jax.Array]:
-  """Draws token `step` of every row; finished rows get pad, mask 0, log-prob 0, value 0."""
-  tokens_B, logprobs_B = _draw_tokens(row_keys, step, logits_BxV, temperature)
+          eos_id: int, pad_id: int) -> tuple[_Emitted, jax.Array]:
+  """Draws token `step` of every row; finished rows get pad, mask 0, log-prob 0, value 0.
+
+  Returns the new state and the tokens to feed back (a finished row's are never seen again).
+  """
+  tokens_B, logprobs_B = _draw_tokens(row_keys, step, logits_BxV, temperature, pad_id)
   alive_B = ~emitted.done_B
-  tokens_B = jnp.where(alive_B, tokens_B, PAD_ID)
+  tokens_B = jnp.where(alive_B, tokens_B, pad_id)
   put = lambda buffer, column: buffer.at[:, step].set(column.astype(buffer.dtype))
   emitted = _Emitted(
       done_B=emitted.done_B | (tokens_B == eos_id),
@@ -120,7 +129,7 @@ def _emit(emitted: _Emitted, row_keys: jax.Array, step: jax.Array, logits_BxV: j
       logprobs=put(emitted.logprobs, jnp.where(alive_B, logprobs_B, 0.0)),
       response_mask=put(emitted.response_mask, alive_B),
       values=put(emitted.values, jnp.where(alive_B, values_B, 0.0)))
-  return emitted, tokens_B
+  return emitted, jnp.maximum(tokens_B, 0) if pad_id < 0 else tokens_B
 
 
 def _output(emitted: _Emitted) -> SampleOutput:
@@ -139,10 +148,10 @@ def _check_shapes(config: PolicyConfig, prompt_ids_BxLp: jax.Array,
                      f'{config.max_len}] (max_response_length >= 1)')
 
 
-@functools.partial(jax.jit, static_argnames=('config', 'max_response_length', 'eos_id'))
+@functools.partial(jax.jit, static_argnames=('config', 'max_response_length', 'eos_id', 'pad_id'))
 def sample(params: Params, config: PolicyConfig, prompt_ids: jax.Array, rng: jax.Array, *,
            max_response_length: int, temperature: float | jax.Array = 1.0,
-           eos_id: int = EOS_ID) -> SampleOutput:
+           eos_id: int = EOS_ID, pad_id: int = PAD_ID) -> SampleOutput:
   """Samples responses [B, Lr] to right-padded prompts [B, Lp] with a KV cache.
 
   Prefills the prompts once, then decodes one token per step in a `lax.while_loop` that stops
@@ -151,7 +160,7 @@ def sample(params: Params, config: PolicyConfig, prompt_ids: jax.Array, rng: jax
   _check_shapes(config, prompt_ids, max_response_length)
   batch, prompt_len = prompt_ids.shape
   row_keys = _row_keys(rng, batch)
-  lengths_B = policy.prompt_lengths(prompt_ids)
+  lengths_B = policy.prompt_lengths(prompt_ids, pad_id)
   last_B = jnp.maximum(lengths_B - 1, 0)
   logits_BxLxV, values_BxL, cache = policy.prefill(params, config, prompt_ids,
                                                    prompt_len + max_response_length)
@@ -171,7 +180,8 @@ def sample(params: Params, config: PolicyConfig, prompt_ids: jax.Array, rng: jax
 
   def decode(carry):
     step, emitted, cache, logits_BxV, values_B = carry
-    emitted, tokens_B = _emit(emitted, row_keys, step, logits_BxV, values_B, temperature, eos_id)
+    emitted, tokens_B = _emit(emitted, row_keys, step, logits_BxV, values_B, temperature, eos_id,
+                              pad_id)
     # Feeds token `step` at its row's position len_b + step; the last call's output is unused.
     logits_BxV, values_B, cache = policy.decode_step(params, config, tokens_B, lengths_B + step,
                                                      cache, prompt_len + step, slot_positions_BxS)
@@ -183,11 +193,11 @@ def sample(params: Params, config: PolicyConfig, prompt_ids: jax.Array, rng: jax
   return _output(emitted)
 
 
-@functools.partial(jax.jit, static_argnames=('config', 'max_response_length', 'eos_id'))
+@functools.partial(jax.jit, static_argnames=('config', 'max_response_length', 'eos_id', 'pad_id'))
 def sample_without_cache(params: Params, config: PolicyConfig, prompt_ids: jax.Array,
                          rng: jax.Array, *, max_response_length: int,
                          temperature: float | jax.Array = 1.0,
-                         eos_id: int = EOS_ID) -> SampleOutput:
+                         eos_id: int = EOS_ID, pad_id: int = PAD_ID) -> SampleOutput:
   """`sample` recomputing the full forward pass at every step: O(Lr (Lp + Lr)^2), no cache.
 
   Same tokens as `sample` for the same key; a test oracle and a benchmark baseline.
@@ -197,13 +207,14 @@ def sample_without_cache(params: Params, config: PolicyConfig, prompt_ids: jax.A
   row_keys = _row_keys(rng, batch)
 
   def decode(step, emitted):
-    tokens_BxL, prediction_positions_BxLr = policy.pack_prompt_response(prompt_ids,
-                                                                        emitted.response_ids)
+    tokens_BxL, prediction_positions_BxLr = policy.pack_prompt_response(
+        prompt_ids, emitted.response_ids, pad_id)
     logits_BxLxV, values_BxL = policy.forward(params, config, tokens_BxL)
     position_Bx1 = jax.lax.dynamic_slice_in_dim(prediction_positions_BxLr, step, 1, axis=1)
     logits_BxV = policy.gather_positions(logits_BxLxV, position_Bx1)[:, 0]
     values_B = policy.gather_positions(values_BxL, position_Bx1)[:, 0]
-    emitted, _ = _emit(emitted, row_keys, step, logits_BxV, values_B, temperature, eos_id)
+    emitted, _ = _emit(emitted, row_keys, step, logits_BxV, values_B, temperature, eos_id,
+                       pad_id)
     return emitted
 
   emitted = jax.lax.fori_loop(0, max_response_length, decode, _empty(batch, max_response_length))
@@ -211,14 +222,15 @@ def sample_without_cache(params: Params, config: PolicyConfig, prompt_ids: jax.A
 
 
 def token_logprobs(logits_xV: jax.Array, tokens_x: jax.Array, temperature: float | jax.Array,
-                   entropy_gradient: bool = True) -> tuple[jax.Array, jax.Array]:
+                   entropy_gradient: bool = True,
+                   pad_id: int = PAD_ID) -> tuple[jax.Array, jax.Array]:
   """(log-prob of each token, entropy) under the sampling distribution of `logits_xV`.
 
   From the log-normaliser: log p(y) = z_y − logsumexp(z) and H = logsumexp(z) − Σ p z, with no
   [..., V] log-softmax array; the token's logit is picked by a one-hot product (its gradient is
   elementwise, where a gather's is a scatter). entropy_gradient=False: H is a statistic only.
   """
-  scaled_xV = sampling_logits(logits_xV, temperature)
+  scaled_xV = sampling_logits(logits_xV, temperature, pad_id)
   log_normalizer_x = jax.nn.logsumexp(scaled_xV, axis=-1)
   one_hot_xV = jax.nn.one_hot(tokens_x, scaled_xV.shape[-1], dtype=scaled_xV.dtype)
   logprobs_x = jnp.sum(one_hot_xV * scaled_xV, axis=-1) - log_normalizer_x
@@ -231,7 +243,7 @@ def token_logprobs(logits_xV: jax.Array, tokens_x: jax.Array, temperature: float
 
 def response_logprobs(params: Params, config: PolicyConfig, prompt_ids: jax.Array,
                       response_ids: jax.Array, temperature: float | jax.Array = 1.0,
-                      entropy_gradient: bool = True) -> ResponseScores:
+                      entropy_gradient: bool = True, pad_id: int = PAD_ID) -> ResponseScores:
   """Per-token log-probs, values and entropies of given responses, in one forward pass.
 
   Works for any policy with this config (π being trained, π0, the SFT model): for PPO the
@@ -241,12 +253,13 @@ def response_logprobs(params: Params, config: PolicyConfig, prompt_ids: jax.Arra
   prediction positions only. entropy_gradient=False stops the entropy's gradient (when it is
   only reported). Traceable; jit it with `config` static.
   """
-  tokens_BxL, prediction_positions_BxLr = policy.pack_prompt_response(prompt_ids, response_ids)
+  tokens_BxL, prediction_positions_BxLr = policy.pack_prompt_response(prompt_ids, response_ids,
+                                                                      pad_id)
   logits_BxLrxV, values_BxLr = policy.forward_at(params, config, tokens_BxL,
                                                  prediction_positions_BxLr)
   logprobs_BxLr, entropy_BxLr = token_logprobs(logits_BxLrxV, response_ids, temperature,
-                                               entropy_gradient)
-  mask_BxLr = response_mask(response_ids)
+                                               entropy_gradient, pad_id)
+  mask_BxLr = response_mask(response_ids, pad_id)
   keep = mask_BxLr.astype(bool)
   return ResponseScores(logprobs=jnp.where(keep, logprobs_BxLr, 0.0),
                         values=jnp.where(keep, values_BxLr, 0.0),
