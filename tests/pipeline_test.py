@@ -7,9 +7,9 @@ import pytest
 
 from lsc_align.eval import results as results_lib
 from lsc_align.pipeline import experiment, runs
-from lsc_align.rewards import make_objective
+from lsc_align.rewards import aggregate, make_objective
 from lsc_align.align import best_of_k
-from lsc_align.pipeline import layout
+from lsc_align.pipeline import layout, pool, reference_tables
 from lsc_align.train import loop, sft_trainer
 
 pytestmark = pytest.mark.slow  # trains models or runs whole commands
@@ -41,10 +41,10 @@ def test_best_of_k_picks_the_highest_utility_and_reports_its_kl(exp_dir):
                              rtol=1e-6)
   utilities = [r.extra['utility'] for r in results]
   assert utilities == sorted(utilities)  # a larger k never picks a worse sample
-  arrays = layout.load_npz(layout.ExperimentDirs(exp_dir).pool('eval'))
-  u = runs.pool_utilities(objective, np.stack([arrays['pool_reward_helpful'],
-                                               arrays['pool_reward_harmless']], -1),
-                           runs.eval_references(objective, arrays))
+  evaluation = pool.load_pool(layout.ExperimentDirs(exp_dir), 'eval')
+  u = aggregate.pool_utilities(objective, evaluation.pool.rewards,
+                               reference_tables.references_for(None, objective,
+                                                               evaluation.prompt_ids, evaluation))
   assert utilities[-1] == pytest.approx(float(u.max(axis=1).mean()), rel=1e-6)
   assert np.array_equal(best_of_k.select_best_of_k(u, 1), np.zeros(8, int))
 

@@ -15,6 +15,7 @@ import dataclasses
 import json
 from typing import Any, Callable, Sequence
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,6 +40,10 @@ class PlateauRule:
     if min(self.check_every, self.window, self.max_steps, self.validation_prompts,
            self.samples) < 1 or not self.tolerance >= 0:
       raise ValueError(f'PlateauRule needs positive sizes and tolerance >= 0, got {self}')
+
+
+# Bound as @convergence.PlateauRule(); a direct call takes only its arguments.
+gin.external_configurable(PlateauRule, module='convergence')
 
 
 def plateaued(history: Sequence[float], window: int, tolerance: float) -> bool:

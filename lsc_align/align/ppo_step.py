@@ -15,6 +15,7 @@ import dataclasses
 import functools
 from typing import Any, NamedTuple
 
+import gin
 import jax
 import jax.numpy as jnp
 import optax
@@ -67,6 +68,8 @@ class PPOHyperparams:
 
 
 VALUE_INITS = ('none', 'mean_return', 'prefit')
+# Bound as @ppo.PPOHyperparams() (e.g. run_ppo.hp); a direct call takes only its arguments.
+gin.external_configurable(PPOHyperparams, module='ppo')
 
 
 def loss_config(config: PolicyConfig, hp: PPOHyperparams) -> PolicyConfig:
