@@ -70,6 +70,39 @@ def test_objective_file_errors_name_the_line(tmp_path):
   bad.write_text("make_objective.name = 'x'\nmake_objective.transform = @foo()\n")
   with pytest.raises(ValueError, match='bad.gin:2'):
     experiment.load_objective(str(bad))
+  bad.write_text("make_objective.name = 'x'\nmake_objective.transform = 'raw'\n")
+  with pytest.raises(ValueError, match='no make_objective.properties binding'):
+    experiment.load_objective(str(bad))
+  bad.write_text("make_objective.name = 'x'\nmake_objective.properties = ['helpful']\n"
+                 "make_objective.transform = 'raw'\nmake_objective.quantile = 0.5\n")
+  with pytest.raises(ValueError, match="bad.gin:4: make_objective has no argument 'quantile'"):
+    experiment.load_objective(str(bad))
+
+
+def test_objective_files_are_bound_in_their_own_gin_scope(tmp_path):
+  """Each file's bindings live in the scope of its name; a second file of that name replaces them
+  all (none of the first is left behind), and the run's config names the file."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from lsc_align import gin_utils  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  gin_utils.reset_parse_record()
+  try:
+    path = tmp_path / 'mine.gin'
+    path.write_text("make_objective.name = 'mine'\nmake_objective.properties = ['helpful']\n"
+                    "make_objective.transform = 'raw'\nmake_objective.weights = {'helpful': 2.0}\n")
+    assert experiment.load_objective(str(path)).weights == (2.0,)
+    assert gin.query_parameter('mine/make_objective.weights') == {'helpful': 2.0}
+    path.write_text("make_objective.name = 'mine'\nmake_objective.properties = ['helpful']\n"
+                    "make_objective.transform = 'raw'\n")
+    assert experiment.load_objective(str(path)).weights == (1.0,)
+    experiment.load_objective('helpful_lsc')
+    operative = gin.operative_config_str()
+    assert "helpful_lsc/make_objective.name = 'helpful_lsc'" in operative
+    assert "mine/make_objective.weights = None" in operative
+    assert 'objectives/helpful_lsc.gin' in gin_utils.provenance_header()
+  finally:
+    gin.clear_config()
+    gin_utils.reset_parse_record()
 
 
 def test_ppo_run_resumes_exactly_and_is_evaluated(exp_dir, tiny_ppo_run, tmp_path, monkeypatch):

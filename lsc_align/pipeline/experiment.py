@@ -12,14 +12,16 @@ raw-sum baseline is swept over w with `weighted_variants`.
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
+import importlib
+import inspect
 import os
 import re
 import time
 from typing import Any, Mapping, Sequence
 
 import gin
+from gin import config_parser
 
 from lsc_align import gin_utils
 from lsc_align import io_utils
@@ -28,31 +30,96 @@ from lsc_align.pipeline import runs
 from lsc_align.pipeline import pools_stage
 from lsc_align.pipeline import reference_stage
 from lsc_align.rewards import objectives as objectives_lib
-from lsc_align.rewards.objectives import Objective
+from lsc_align.rewards.objectives import Objective, ReferenceKind
 from lsc_align.pipeline import layout
 from lsc_align.train import loop
 
-_BINDING = re.compile(r'^make_objective\.(\w+)\s*=\s*(.+)$')
+class _NotLiteral:
+  """What the parser makes of a @reference or %macro: a value this loader refuses."""
+
+  def __init__(self, text: str) -> None:
+    self.text = text
+
+
+class _LiteralsOnly(config_parser.ParserDelegate):
+  def configurable_reference(self, scoped_configurable_name: str, evaluate: bool) -> _NotLiteral:
+    return _NotLiteral('@' + scoped_configurable_name + ('()' if evaluate else ''))
+
+  def macro(self, macro_name: str) -> _NotLiteral:
+    return _NotLiteral('%' + macro_name)
+
+
+def _references_in(value: Any) -> list[str]:
+  if isinstance(value, _NotLiteral):
+    return [value.text]
+  if isinstance(value, Mapping):
+    value = [*value.keys(), *value.values()]
+  if isinstance(value, (list, tuple)):
+    return [text for v in value for text in _references_in(v)]
+  return []
+
+
+def literal_bindings(text: str, where: str) -> list[config_parser.BindingStatement]:
+  """The binding statements of a gin text, parsed by gin, whose values are all literals.
+
+  Import statements are honoured; an include, a @reference or a %macro is a ValueError naming
+  `where` and the line.
+  """
+  out = []
+  try:
+    statements = list(config_parser.ConfigParser(text, _LiteralsOnly()))
+  except SyntaxError as e:
+    raise ValueError(f'{where}: {e}') from e
+  for statement in statements:
+    line = statement.location.line_num
+    if isinstance(statement, config_parser.ImportStatement):
+      importlib.import_module(statement.module)
+    elif not isinstance(statement, config_parser.BindingStatement):
+      raise ValueError(f'{where}:{line}: only literal bindings are supported here, got '
+                       f'{statement.location.line_content.strip()!r}')
+    elif _references_in(statement.value):
+      raise ValueError(f'{where}:{line}: {_references_in(statement.value)[0]!r} is not a '
+                       'literal')
+    else:
+      out.append(statement)
+  return out
 
 
 def load_objective(name: str) -> Objective:
-  """The objective of configs/objectives/<name>.gin (its make_objective literal bindings)."""
+  """The objective of configs/objectives/<name>.gin (or a .gin path): its make_objective bindings.
+
+  gin parses the file; its bindings are bound in the scope named after the file
+  (`combined_lsc_sum/make_objective.name = ...`), so a sweep's objectives live side by side in
+  the config, and make_objective is called in that scope: the run's operative config lists them
+  and its config.gin header names the file.
+  """
   path = gin_utils.resolve_gin_file(name if name.endswith('.gin') else f'objectives/{name}')
-  kwargs: dict[str, Any] = {}
-  for number, line in enumerate(open(path, encoding='utf-8'), 1):
-    line = line.split('#', 1)[0].strip()
-    if not line or line.startswith(('import ', 'include ')):
-      continue
-    match = _BINDING.match(line)
-    if not match:
-      raise ValueError(f'{path}:{number}: only make_objective.<arg> = <literal> bindings are '
-                       f'supported in objective files, got {line!r}')
-    try:
-      kwargs[match.group(1)] = ast.literal_eval(match.group(2))
-    except (ValueError, SyntaxError) as e:
-      raise ValueError(f'{path}:{number}: {match.group(2)!r} is not a literal: {e}') from e
+  scope = re.sub(r'\W', '_', os.path.splitext(os.path.basename(path))[0])
+  with open(path, encoding='utf-8') as f:
+    statements = literal_bindings(f.read(), path)
+  for statement in statements:
+    if statement.scope or statement.selector != 'make_objective':
+      raise ValueError(f'{path}:{statement.location.line_num}: only make_objective.<arg> = '
+                       f'<literal> bindings are supported in objective files, got '
+                       f'{statement.location.line_content.strip()!r}')
+  given = {statement.arg_name: statement for statement in statements}
+  parameters = inspect.signature(objectives_lib.make_objective).parameters
+  missing = [n for n, p in parameters.items() if p.default is gin.REQUIRED and n not in given]
+  if missing:
+    raise ValueError(f'objective file {path}: no make_objective.{missing[0]} binding')
+  with gin.unlock_config():  # every argument bound, so an earlier file of this name leaves none
+    for arg, parameter in parameters.items():
+      statement = given.pop(arg, None)
+      gin.bind_parameter(f'{scope}/make_objective.{arg}',
+                         parameter.default if statement is None else statement.value)
+  if given:
+    statement = next(iter(given.values()))
+    raise ValueError(f'{path}:{statement.location.line_num}: make_objective has no argument '
+                     f'{statement.arg_name!r}')
+  gin_utils.record_file(path)
   try:
-    return objectives_lib.make_objective(**kwargs)
+    with gin.config_scope(scope):
+      return objectives_lib.make_objective()
   except (ValueError, TypeError) as e:  # a bad value (e.g. a quantile outside (0, 1))
     raise ValueError(f'objective file {path}: {e}') from e
 
@@ -74,7 +141,7 @@ def _stage_done(path: str) -> bool:
 
 
 def _resume_flag(run_dir: str) -> bool:
-  return io_utils.isdir(os.path.join(run_dir, 'checkpoints'))
+  return io_utils.isdir(layout.checkpoints(run_dir))
 
 
 @gin.configurable
@@ -191,7 +258,7 @@ def run_sweep(exp_dir: str, ppo_objectives: Sequence[str] = (),
                                              (optimum_objectives, helpful_weights),
                                              (ppo_objectives, ppo_helpful_weights))
                     for _, objective in expand(names, weights)
-                    for p in reference_stage.gaussian_properties(objective)})
+                    for p in objective.properties_with(ReferenceKind.GAUSSIAN)})
   if needed:  # the stage is skipped when its predictors exist
     reference_stage.prepare_references(exp_dir, needed, log=log)
   done: list[str] = []
