@@ -89,13 +89,15 @@ def test_objective_files_are_bound_in_their_own_gin_scope(tmp_path):
   try:
     path = tmp_path / 'mine.gin'
     path.write_text("make_objective.name = 'mine'\nmake_objective.properties = ['helpful']\n"
-                    "make_objective.transform = 'raw'\nmake_objective.weights = {'helpful': 2.0}\n")
+                    "make_objective.transform = 'raw'\n"
+                    "make_objective.weights = {'helpful': 2.0}\n")
     assert experiment.load_objective(str(path)).weights == (2.0,)
     assert gin.query_parameter('mine/make_objective.weights') == {'helpful': 2.0}
     path.write_text("make_objective.name = 'mine'\nmake_objective.properties = ['helpful']\n"
                     "make_objective.transform = 'raw'\n")
     assert experiment.load_objective(str(path)).weights == (1.0,)
-    experiment.load_objective('helpful_lsc')
+    with gin.config_scope('rloo'):  # as `lsc-align ppo` loads it, in its learner's scope
+      assert experiment.load_objective('helpful_lsc').name == 'helpful_lsc'
     operative = gin.operative_config_str()
     assert "helpful_lsc/make_objective.name = 'helpful_lsc'" in operative
     assert "mine/make_objective.weights = None" in operative
@@ -118,9 +120,9 @@ def test_ppo_run_resumes_exactly_and_is_evaluated(exp_dir, tiny_ppo_run, tmp_pat
   real_should_stop = loop.PreemptionGuard.should_stop
   monkeypatch.setattr(loop.PreemptionGuard, 'should_stop',
                       lambda self, step: step == stop_at['step'] or real_should_stop(self, step))
-  assert runs.run_ppo(exp_dir, objective, kl_coef=0.05, run_dir=str(tmp_path / 'cut')) is None
+  assert runs.run_learner(exp_dir, objective, kl_coef=0.05, run_dir=str(tmp_path / 'cut')) is None
   stop_at['step'] = -1
-  resumed = runs.run_ppo(exp_dir, objective, kl_coef=0.05, run_dir=str(tmp_path / 'cut'),
+  resumed = runs.run_learner(exp_dir, objective, kl_coef=0.05, run_dir=str(tmp_path / 'cut'),
                          resume=True)
   a = json.loads(open(os.path.join(full_dir, runs.RESULTS_FILE), encoding='utf-8').read())
   b = json.loads((tmp_path / 'cut' / runs.RESULTS_FILE).read_text())
@@ -156,7 +158,7 @@ def test_sweep_skips_finished_runs_and_report_reads_them(exp_dir):
 def test_sweep_runs_each_learner_with_its_scoped_bindings(exp_dir):
   import gin  # pylint: disable=g-import-not-at-top
   with gin.unlock_config():
-    gin.parse_config(['ppo/run_ppo.batch_size = 16',
+    gin.parse_config(['ppo/run_learner.batch_size = 16',
                       'rloo/ppo.PPOHyperparams.samples_per_prompt = 2'])
   done = experiment.run_sweep(exp_dir, ppo_objectives=['helpful_raw'], kl_coefs=[0.7],
                               learners=['ppo', 'rloo'], bok_objectives=[],
@@ -184,5 +186,5 @@ def test_ppo_refuses_a_response_length_other_than_the_pools(exp_dir, tmp_path):
   from lsc_align.align import ppo_step  # pylint: disable=g-import-not-at-top
   hp = dataclasses.replace(ppo_step.PPOHyperparams(), max_response_length=10)
   with pytest.raises(ValueError, match='PPOHyperparams.max_response_length = 10'):
-    runs.run_ppo(exp_dir, experiment.load_objective('helpful_lsc'), kl_coef=0.1, hp=hp,
+    runs.run_learner(exp_dir, experiment.load_objective('helpful_lsc'), kl_coef=0.1, hp=hp,
                  steps=1, run_dir=str(tmp_path / 'short'))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import conftest  # pylint: disable=g-bad-import-order
-from lsc_align.align import ppo_step
+from lsc_align.align import scoring_step
 from lsc_align.pipeline import experiment
 from lsc_align.pipeline import layout
 from lsc_align.pipeline import pool
@@ -100,7 +100,7 @@ def test_ppo_with_gaussian_references_trains_on_every_training_prompt(exp_dir):
     with pytest.raises(ValueError, match="quantile references, which exist only"):
       pools_stage.training_prompts(exp, experiment.load_objective('combined_lsc_sum'), models,
                                    'all')
-    # Without moments the Gaussian columns are empty; run_ppo tabulates the predictor's.
+    # Without moments the Gaussian columns are empty; run_learner tabulates the predictor's.
     table = reference_tables.references_for(exp, objective, prompts, None, models)
     loaded = [reference_tables.load_predictor(exp, p) for p in objective.properties]
     host = reference.reference_table(objective, gaussian={
@@ -109,17 +109,17 @@ def test_ppo_with_gaussian_references_trains_on_every_training_prompt(exp_dir):
     np.testing.assert_allclose(table[:8], host, rtol=1e-6)
     assert np.all(host != 0)
     # The scoring step's in-graph predictor (a scorer that carries one) gives the same references.
-    scorer = ppo_step.Scorer(objective, tuple(models.reward_configs[p]
+    scorer = scoring_step.Scorer(objective, tuple(models.reward_configs[p]
                                               for p in objective.properties),
                              models.policy_config, 1.0, loaded[0][0])
-    in_step = ppo_step.batch_references(scorer, jnp.zeros((8, 2)), tuple(p for _, p in loaded),
+    in_step = scoring_step.batch_references(scorer, jnp.zeros((8, 2)), tuple(p for _, p in loaded),
                                         jnp.asarray(prompts[:8]))
     np.testing.assert_allclose(np.asarray(in_step), host, rtol=1e-5, atol=1e-5)
     # A scorer without a predictor reads the table.
-    plain = ppo_step.Scorer(objective, scorer.reward_configs, models.policy_config, 1.0)
-    np.testing.assert_array_equal(np.asarray(ppo_step.batch_references(
+    plain = scoring_step.Scorer(objective, scorer.reward_configs, models.policy_config, 1.0)
+    np.testing.assert_array_equal(np.asarray(scoring_step.batch_references(
         plain, jnp.asarray(table[:8]), (), jnp.asarray(prompts[:8]))), table[:8])
-    result = runs.run_ppo(exp_dir, objective, kl_coef=0.05)
+    result = runs.run_learner(exp_dir, objective, kl_coef=0.05)
   finally:
     gin.clear_config()
   info = json.loads(open(os.path.join(exp.run('ppo_combined_lsc_sum_gaussian_g0.05_s0'),

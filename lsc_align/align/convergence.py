@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsc_align.models import sampling
-from lsc_align.align import ppo_step
+from lsc_align.align import scoring_step
 
 _VALIDATION_KEY = 0x5A11D  # one fixed sampling key for every check of every run
 
@@ -66,7 +66,7 @@ def validation_objective(setup: Any, params: Any, prompt_ids: np.ndarray, table_
   refs = jnp.asarray(np.repeat(table_refs, samples, axis=0).astype(np.float32))
   out = sampling.sample(params, config, prompts, jax.random.key(_VALIDATION_KEY),
                         max_response_length=hp.max_response_length, temperature=hp.temperature)
-  scores = ppo_step.score(setup.scorer, setup.reward_params, setup.ref_policy_params,
+  scores = scoring_step.score(setup.scorer, setup.reward_params, setup.ref_policy_params,
                           setup.gaussian_params, prompts, out.response_ids, out.logprobs, refs,
                           jnp.float32(setup.kl_coef))
   u, kl = float(jnp.mean(scores.utility)), float(jnp.mean(scores.kl))

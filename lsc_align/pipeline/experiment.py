@@ -25,7 +25,7 @@ from gin import config_parser
 
 from lsc_align import gin_utils
 from lsc_align import io_utils
-from lsc_align.align import rloo
+from lsc_align.conventions import LEARNERS
 from lsc_align.pipeline import runs
 from lsc_align.pipeline import pools_stage
 from lsc_align.pipeline import reference_stage
@@ -117,8 +117,8 @@ def load_objective(name: str) -> Objective:
     raise ValueError(f'{path}:{statement.location.line_num}: make_objective has no argument '
                      f'{statement.arg_name!r}')
   gin_utils.record_file(path)
-  try:
-    with gin.config_scope(scope):
+  try:  # the file's scope alone, also when loaded inside a learner's scope (commands.ppo_main)
+    with gin.config_scope(None), gin.config_scope(scope):
       return objectives_lib.make_objective()
   except (ValueError, TypeError) as e:  # a bad value (e.g. a quantile outside (0, 1))
     raise ValueError(f'objective file {path}: {e}') from e
@@ -221,14 +221,14 @@ def run_sweep(exp_dir: str, ppo_objectives: Sequence[str] = (),
   and the optimum, and per ppo_helpful_weights entry for PPO (when given).
 
   learners: every PPO point runs once per learner ('ppo', 'rloo'), in runs/<learner>_...; or a
-  mapping learner → the ppo_objectives it runs. Each learner's run_ppo is called inside the gin
+  mapping learner → the ppo_objectives it runs. Each learner's run_learner is called inside the gin
   scope of its name, so a config sets one learner's own settings with scoped bindings, e.g.
-  `rloo/run_ppo.batch_size = 16` and `rloo/ppo.PPOHyperparams.samples_per_prompt = 4`;
+  `rloo/run_learner.batch_size = 16` and `rloo/ppo.PPOHyperparams.samples_per_prompt = 4`;
   unscoped bindings apply to every learner.
   """
-  unknown = sorted(set(learners) - set(rloo.LEARNERS))
+  unknown = sorted(set(learners) - set(LEARNERS))
   if unknown or not learners:
-    raise ValueError(f'run_sweep.learners: {unknown or "none"}; known: {sorted(rloo.LEARNERS)}')
+    raise ValueError(f'run_sweep.learners: {unknown or "none"}; known: {sorted(LEARNERS)}')
   per_learner = {learner: (list(learners[learner]) if isinstance(learners, Mapping)
                            else list(ppo_objectives)) for learner in learners}
   for learner, names in per_learner.items():
@@ -247,7 +247,7 @@ def run_sweep(exp_dir: str, ppo_objectives: Sequence[str] = (),
         out.append((name, objective))
     return out
 
-  def gammas(name: str) -> Sequence[float]:
+  def kl_coefs_of(name: str) -> Sequence[float]:
     if isinstance(kl_coefs, Mapping):
       if name not in kl_coefs:
         raise ValueError(f'run_sweep.kl_coefs has no entry for PPO objective {name!r}')
@@ -276,14 +276,14 @@ def run_sweep(exp_dir: str, ppo_objectives: Sequence[str] = (),
     done.append(run_dir)
   points = [(learner, o, g, s) for learner, names in per_learner.items()
             for name, o in expand(names, ppo_helpful_weights)
-            for g in gammas(name) for s in seeds]
-  for i, (learner, objective, gamma, seed) in enumerate(points, 1):
-    run_dir = exp.run(runs.ppo_run_name(objective, gamma, seed, learner))
+            for g in kl_coefs_of(name) for s in seeds]
+  for i, (learner, objective, kl_coef, seed) in enumerate(points, 1):
+    run_dir = exp.run(runs.learner_run_name(objective, kl_coef, seed, learner))
     if not _has_results(run_dir):
-      log(f'{learner.upper()} {i}/{len(points)}: {objective.name} gamma={gamma:g} seed={seed}')
+      log(f'{learner.upper()} {i}/{len(points)}: {objective.name} gamma={kl_coef:g} seed={seed}')
       start = time.time()
       with gin.config_scope(learner):
-        result = runs.run_ppo(exp_dir, objective, kl_coef=gamma, seed=seed,
+        result = runs.run_learner(exp_dir, objective, kl_coef=kl_coef, seed=seed,
                               resume=_resume_flag(run_dir), run_dir=run_dir, learner=learner)
       loop.check_completed(result, run_dir)
       log(f'  done in {time.time() - start:.0f} s: KL {result.kl:.2f}, win rates '

@@ -229,10 +229,10 @@ def training_prompts(exp: layout.ExperimentDirs, objective: Objective, models: M
     train = load_pool(exp, 'train')
     return train.prompt_ids, train, mode
   if mode != 'all':
-    raise ValueError(f"run_ppo.train_prompts = {mode!r}: must be 'auto', 'pool' or 'all'")
+    raise ValueError(f"run_learner.train_prompts = {mode!r}: must be 'auto', 'pool' or 'all'")
   if ReferenceKind.QUANTILE in kinds:
-    raise ValueError(f"run_ppo.train_prompts = 'all': objective {objective.name!r} has empirical "
-                     'quantile references, which exist only for the pooled prompts; use '
+    raise ValueError(f"run_learner.train_prompts = 'all': objective {objective.name!r} has "
+                     'empirical quantile references, which exist only for the pooled prompts; use '
                      "'pool', or Gaussian references")
   prompts = prompt_set(exp.data, exp.vocabulary, 'train', models.prompt_length, None, 0,
                        exp.array_cache)

@@ -3,8 +3,8 @@
 * `run_best_of_k`: for each k, per evaluation prompt the highest-utility of the first k pooled
   π0 samples (one pool reused across k); KL log k − (k−1)/k (docs/DESIGN.md §1).
 * `run_optimum`: the closed-form KL-regularised optimum on the same pool, weights ∝ exp(u/γ).
-* `run_ppo`: the PPO learner (lsc_align.align.ppo) with checkpoints, exact resume, metrics and
-  periodic samples; then fresh samples of the final π on the evaluation prompts, judged.
+* `run_learner`: a policy learner (PPO or RLOO, lsc_align.align.learners) with checkpoints,
+  exact resume, metrics and periodic samples; then fresh samples of the final π on the evaluation prompts, judged.
 
 Every run writes EXP/runs/<name>/eval_results.json(l), read by `lsc-align report`. Utilities on
 evaluation prompts use references from that prompt's own SFT samples and canned responses, so
@@ -35,11 +35,11 @@ from lsc_align.pipeline import reference_tables
 from lsc_align.pipeline.pool import Pool, Samples, load_pool
 from lsc_align.rewards import aggregate
 from lsc_align.rewards.objectives import Objective
-from lsc_align.align import best_of_k, optimum, ppo, ppo_math, ppo_step
+from lsc_align.align import best_of_k, optimum, ppo, ppo_math, ppo_step, scoring_step
 from lsc_align.pipeline import layout
 from lsc_align.train import loop
 from lsc_align.align import convergence as convergence_lib
-from lsc_align.align import critic, optimum_checks, pool_sampling, rloo
+from lsc_align.align import critic, learners, optimum_checks, pool_sampling
 from lsc_align.train import trainer
 from lsc_align.train import trainer_utils
 
@@ -117,14 +117,15 @@ def run_optimum(exp_dir: str, objective: Objective = gin.REQUIRED,
   judged = _judged(evaluation.pool)
   run = name or f'optimum_{objective.name}'
   out = []
-  for gamma in kl_coefs:
-    w = np.asarray(optimum.optimal_weights(u, gamma), np.float64)
-    objective_value = float(np.mean(optimum.optimum_objective(u, gamma)))
+  for kl_coef in kl_coefs:
+    w = np.asarray(optimum.optimal_weights(u, kl_coef), np.float64)
+    objective_value = float(np.mean(optimum.optimum_objective(u, kl_coef)))
     out.append(evaluate_lib.evaluate(
-        run=f'{run}_g{gamma:g}', method='optimum', objective=objective.name,
-        transform=objective.transform.value, seed=seed, gamma=float(gamma),
+        run=f'{run}_g{kl_coef:g}', method='optimum', objective=objective.name,
+        transform=objective.transform.value, seed=seed, gamma=float(kl_coef),
         policy_judge=judged['judge'], sft_judge=_judged(evaluation.sft)['judge'],
-        kl_per_prompt=np.asarray(optimum.optimum_kl(u, gamma)), shortcut_flags=judged['flags'],
+        kl_per_prompt=np.asarray(optimum.optimum_kl(u, kl_coef)),
+        shortcut_flags=judged['flags'],
         proxy_rewards=judged['proxy'], sample_weights=w,
         extra={'objective_value': objective_value, 'utility': float(np.sum(w * u, 1).mean())}))
   _write_results(exp.run(run), out)
@@ -162,12 +163,13 @@ def _text(vocab: Any, ids: np.ndarray) -> str:
   return vocab.decode([int(i) for i in ids if i not in (PAD_ID, EOS_ID)])
 
 
-def ppo_run_name(objective: Objective, kl_coef: float, seed: int, learner: str = 'ppo') -> str:
+def learner_run_name(objective: Objective, kl_coef: float, seed: int,
+                     learner: str = 'ppo') -> str:
   return f'{learner}_{objective.name}_g{kl_coef:g}_s{seed}'
 
 
 @gin.configurable
-def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | None = None,
+def run_learner(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | None = None,
             alpha: float | None = None, steps: int = 100, batch_size: int = 32,
             hp: ppo_step.PPOHyperparams | None = None, seed: int = 0,
             resume: bool = False, checkpoint_every: int = 25, log_every: int = 10,
@@ -175,7 +177,8 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
             evaluation: PPOEval | None = None, run_dir: str | None = None,
             learner: str = 'ppo', convergence: convergence_lib.PlateauRule | None = None,
             train_prompts: str = 'auto') -> results_lib.RunResult | None:
-  """PPO on the objective at γ (or α = γ/(1+γ)); writes and evaluates EXP/runs/ppo_.../.
+  """A policy learner on the objective at γ = kl_coef (or α = γ/(1+γ)); writes and evaluates
+  EXP/runs/<learner>_<objective>_g<γ>_s<seed>/.
 
   hp and evaluation default to PPOHyperparams() and PPOEval() (as bound by gin). learner 'ppo'
   (critic started as hp.value_init says) or 'rloo' (no critic; hp.samples_per_prompt ≥ 2
@@ -190,13 +193,13 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
   hp = hp or ppo_step.PPOHyperparams()
   evaluation = evaluation or PPOEval()
   if (kl_coef is None) == (alpha is None):
-    raise ValueError('run_ppo: give exactly one of kl_coef (γ) and alpha (γ/(1+γ))')
-  gamma = float(kl_coef) if kl_coef is not None else ppo_math.kl_coef_from_alpha(alpha)
+    raise ValueError('run_learner: give exactly one of kl_coef (γ) and alpha (γ/(1+γ))')
+  kl_coef = float(kl_coef) if kl_coef is not None else ppo_math.kl_coef_from_alpha(alpha)
   start_time = time.time()
   exp = layout.ExperimentDirs(exp_dir)
   run_dir = (io_utils.abspath(run_dir) if run_dir  # exp.run is absolute already
-             else exp.run(ppo_run_name(objective, gamma, seed, learner)))
-  iteration = rloo.iteration_fn(learner)
+             else exp.run(learner_run_name(objective, kl_coef, seed, learner)))
+  iteration = learners.iteration_fn(learner)
   trainer_utils.check_run_dir(run_dir, resume, RESULTS_FILE)
   evaluation_pool = load_pool(exp, 'eval')
   pool_length = evaluation_pool.response_length
@@ -208,15 +211,16 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
                                                                      train_prompts)
   table = reference_tables.references_for(exp, objective, prompt_ids, train_pool, models)
   properties = objective.properties
-  scorer = ppo_step.Scorer(objective, tuple(models.reward_configs[prop] for prop in properties),
-                           models.policy_config, hp.temperature)
+  scorer = scoring_step.Scorer(objective,
+                               tuple(models.reward_configs[prop] for prop in properties),
+                               models.policy_config, hp.temperature)
   mesh = partitioning.create_mesh(tuple(mesh_shape))
   if convergence is not None:  # the last prompts validate, the rest train
     held = convergence.validation_prompts
     validation = (prompt_ids[-held:], table[-held:])
     prompt_ids, table = prompt_ids[:-held], table[:-held]
     steps, checkpoint_every = convergence.max_steps, convergence.check_every
-  setup = ppo.PPOSetup(scorer=scorer, hp=hp, kl_coef=gamma,
+  setup = ppo.PPOSetup(scorer=scorer, hp=hp, kl_coef=kl_coef,
                        reward_params=tuple(models.reward_params[prop] for prop in properties),
                        ref_policy_params=models.policy_params, prompt_ids=prompt_ids,
                        table_refs=table, batch_size=batch_size, seed=seed, mesh=mesh)
@@ -246,8 +250,8 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
       io_utils.append_jsonl(os.path.join(run_dir, SAMPLES_FILE), {
           'step': step, 'prompt': _text(vocab, prompt), 'response': _text(vocab, response)})
 
-  info = {'exp_dir': exp.root, 'objective': objective.to_dict(), 'kl_coef': gamma,
-          'alpha': ppo_math.alpha_from_kl_coef(gamma), 'seed': seed, 'steps': steps,
+  info = {'exp_dir': exp.root, 'objective': objective.to_dict(), 'kl_coef': kl_coef,
+          'alpha': ppo_math.alpha_from_kl_coef(kl_coef), 'seed': seed, 'steps': steps,
           'batch_size': batch_size, 'hp': dataclasses.asdict(hp), 'learner': learner,
           'convergence': convergence and dataclasses.asdict(convergence),
           'train_prompts': train_prompts, 'num_train_prompts': int(prompt_ids.shape[0])}
@@ -272,18 +276,20 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
           convergence, os.path.join(run_dir, 'convergence.json'), resume)
   if result.status is not loop.TrainStatus.COMPLETED:
     return None
-  evaluated = evaluate_ppo(exp, objective, gamma, seed, result.state.policy.params, models, hp,
-                           evaluation, evaluation_pool, run=os.path.basename(run_dir.rstrip('/')),
-                           train_seconds=time.time() - start_time,
-                           last_metrics=result.last_metrics, learner=learner)
+  evaluated = evaluate_learner(exp, objective, kl_coef, seed, result.state.policy.params, models,
+                               hp, evaluation, evaluation_pool,
+                               run=os.path.basename(run_dir.rstrip('/')),
+                               train_seconds=time.time() - start_time,
+                               last_metrics=result.last_metrics, learner=learner)
   _write_results(run_dir, [evaluated])
   return evaluated
 
 
-def evaluate_ppo(exp: layout.ExperimentDirs, objective: Objective, gamma: float, seed: int,
-                 params: Any, models: pools_stage.Models, hp: ppo_step.PPOHyperparams,
-                 evaluation: PPOEval, evaluation_pool: Pool, run: str, train_seconds: float,
-                 last_metrics: dict[str, Any], learner: str = 'ppo') -> results_lib.RunResult:
+def evaluate_learner(exp: layout.ExperimentDirs, objective: Objective, kl_coef: float,
+                     seed: int, params: Any, models: pools_stage.Models,
+                     hp: ppo_step.PPOHyperparams, evaluation: PPOEval, evaluation_pool: Pool,
+                     run: str, train_seconds: float, last_metrics: dict[str, Any],
+                     learner: str = 'ppo') -> results_lib.RunResult:
   """Samples the final π on the evaluation prompts; judged, with KL and the optimum's share."""
   prompts = evaluation_pool.prompt_ids
   responses = pool_sampling.sample_pool(params, models.policy_config, prompts,
@@ -297,13 +303,14 @@ def evaluate_ppo(exp: layout.ExperimentDirs, objective: Objective, gamma: float,
   refs = reference_tables.references_for(exp, objective, prompts, evaluation_pool)
   u = aggregate.pool_utilities(objective, samples.rewards, refs)
   u_pool = aggregate.pool_utilities(objective, evaluation_pool.pool.rewards, refs)
-  reached = float(u.mean() - gamma * kl.mean())
-  best = float(np.mean(optimum.optimum_objective(u_pool, gamma)))
+  reached = float(u.mean() - kl_coef * kl.mean())
+  best = float(np.mean(optimum.optimum_objective(u_pool, kl_coef)))
   baseline = float(u_pool.mean())
   try:
     fraction = optimum.objective_fraction(reached, best, baseline)
     share = optimum_checks.share_interval(
-        u.mean(axis=1) - gamma * kl, np.asarray(optimum.optimum_objective(u_pool, gamma)),
+        u.mean(axis=1) - kl_coef * kl,
+        np.asarray(optimum.optimum_objective(u_pool, kl_coef)),
         u_pool.mean(axis=1), seed=seed)
   except ValueError:
     fraction = share = None
@@ -311,13 +318,13 @@ def evaluate_ppo(exp: layout.ExperimentDirs, objective: Objective, gamma: float,
   extra = {'utility': float(u.mean()), 'objective_value': reached,
            'optimum_objective_value': best, 'pi0_objective_value': baseline,
            'objective_fraction_of_optimum': fraction, 'train_seconds': round(train_seconds, 1),
-           'alpha': ppo_math.alpha_from_kl_coef(gamma),
+           'alpha': ppo_math.alpha_from_kl_coef(kl_coef),
            'objective_fraction_interval': share,
-           'optimum_pool_checks': optimum_checks.pool_checks(u_pool, gamma),
+           'optimum_pool_checks': optimum_checks.pool_checks(u_pool, kl_coef),
            'final_train_metrics': dict(last_metrics)}
   return evaluate_lib.evaluate(
       run=run, method=learner, objective=objective.name, transform=objective.transform.value,
-      seed=seed, gamma=gamma, policy_judge=judged['judge'],
+      seed=seed, gamma=kl_coef, policy_judge=judged['judge'],
       sft_judge=_judged(evaluation_pool.sft)['judge'],
       kl_per_prompt=kl, shortcut_flags=judged['flags'], proxy_rewards=judged['proxy'],
       extra=extra)
@@ -358,7 +365,7 @@ def evaluate_run(run_dir: str, step: int | None = None) -> results_lib.RunResult
     if step is None:
       raise FileNotFoundError(f'{run_dir}/checkpoints holds no checkpoint')
     state, _ = checkpointer.restore(template, step)
-  result = evaluate_ppo(exp, objective, float(info['kl_coef']), int(info['seed']),
+  result = evaluate_learner(exp, objective, float(info['kl_coef']), int(info['seed']),
                         state.policy.params, models, hp, PPOEval(), load_pool(exp, 'eval'),
                         run=os.path.basename(run_dir.rstrip('/')), train_seconds=0.0,
                         last_metrics={'checkpoint_step': step},
