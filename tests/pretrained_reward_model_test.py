@@ -5,6 +5,7 @@ import pathlib
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors import numpy as safetensors_numpy
@@ -159,3 +160,37 @@ def test_tokenize_for_a_t5_needs_a_length():
     pretrained.tokenize_for_reward(rm, ['hello'])
   ids, mask, truncated = pretrained.tokenize_for_reward(rm, ['hello world'], max_length=2)
   assert truncated == 1 and mask.sum() == 2
+
+
+def test_bt_steps_on_hh_pairs_tokenized_by_the_checkpoint_reduce_the_loss(shared_data):
+  import optax  # pylint: disable=g-import-not-at-top
+  from lsc_align.data import arrays as data_arrays  # pylint: disable=g-import-not-at-top
+  from lsc_align.models import reward_model  # pylint: disable=g-import-not-at-top
+  rm = pretrained.load_reward_model(str(PRETRAINED / 'qwen2_seqcls'))
+  pairs, truncated = data_arrays.checkpoint_pair_arrays(
+      shared_data / 'hh-rlhf', rm.tokenizer, 'helpful', 'train', max_length=64, max_pairs=16,
+      lenient=True)
+  assert pairs['chosen'].shape == (16, 64) and truncated > 0  # HH dialogues exceed 64 tokens
+  assert (pairs['chosen'][0, pairs['chosen_lengths'][0]:] == rm.tokenizer.pad_id).all()
+  masks = {s: (np.arange(64)[None] < pairs[f'{s}_lengths'][:, None]).astype(np.int32)
+           for s in ('chosen', 'rejected')}
+
+  def loss_fn(params):
+    chosen, rejected = (pretrained.decoder_rewards(params, rm.config, pairs[s], masks[s],
+                                                   rm.pad_id) for s in ('chosen', 'rejected'))
+    return jnp.mean(reward_model.bradley_terry_loss(chosen, rejected))
+
+  tx = optax.adam(1e-3)
+  params, opt_state = rm.params, tx.init(rm.params)
+  step = jax.jit(lambda p, o: _update(tx, loss_fn, p, o))
+  first = float(loss_fn(params))
+  for _ in range(5):
+    params, opt_state = step(params, opt_state)
+  assert float(loss_fn(params)) < first - 0.05
+
+
+def _update(tx, loss_fn, params, opt_state):
+  import optax  # pylint: disable=g-import-not-at-top
+  grads = jax.grad(loss_fn)(params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state

@@ -516,14 +516,17 @@ def reward_positions(token_ids_BxL: jax.Array, attention_mask_BxL: jax.Array,
   return jnp.argmax(jnp.where(keep, columns, -1), axis=1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4))
-def _decoder_rewards(params: Any, config: policy.PolicyConfig, token_ids: jax.Array,
-                     attention_mask: jax.Array, pad_id: int | None) -> jax.Array:
+def decoder_rewards(params: Any, config: policy.PolicyConfig, token_ids: jax.Array,
+                    attention_mask: jax.Array, pad_id: int | None) -> jax.Array:
+  """[B] rewards of a decoder reward model's params (differentiable; reward_scores jits it)."""
   backbone = {k: v for k, v in params.items() if k != 'score'}
   hidden_BxLxD = policy.hidden_states(backbone, config, token_ids)
   last_B = reward_positions(token_ids, attention_mask, pad_id)
   h_BxD = jnp.take_along_axis(hidden_BxLxD, last_B[:, None, None], axis=1)[:, 0]
   return jnp.dot(h_BxD, params['score']['kernel'].astype(jnp.float32))
+
+
+_decoder_rewards = jax.jit(decoder_rewards, static_argnums=(1, 4))
 
 
 def _t5_tokens(token_ids: Any, attention_mask: Any) -> jax.Array:
