@@ -209,3 +209,48 @@ def test_both_encoder_checkpoints_are_refused(tmp_path):
                            vocabulary=str(tmp_path / 'v.txt'), init_t5x_checkpoint='a',
                            init_hf_t5_checkpoint='b')
   assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('case', ('qwen2_seqcls', 'llama3_gqa_rope_scaling'))
+def test_decoder_reward_model_from_a_hugging_face_checkpoint(case, shared_data, tmp_path):
+  from lsc_align.models import pretrained  # pylint: disable=g-import-not-at-top
+  from lsc_align.train import decoder_reward_trainer  # pylint: disable=g-import-not-at-top
+  from lsc_align.world import dataset  # pylint: disable=g-import-not-at-top,unused-import  (gin)
+  checkpoint = PRETRAINED / case
+  gin_utils.parse(['runs/world_rm.gin'], [
+      f"train_reward_model.data_dir = '{shared_data / 'hh-rlhf'}'",
+      f"train_reward_model.vocabulary = '{checkpoint}'",
+      *TINY_BINDINGS, 'train_reward_model/TrainerSettings.learning_rate = 3e-3'])
+  try:
+    result = rmt.train_reward_model(str(tmp_path / 'run'), init_hf_checkpoint=str(checkpoint),
+                                    property_name='harmless', max_train_pairs=32, max_length=48,
+                                    lenient=True)
+  finally:
+    gin.clear_config()
+  assert result.exit_code == 0 and result.step == STEPS
+  rows = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text().split('\n')
+          if line.strip()]
+  losses = [r['loss'] for r in rows if 'loss' in r]
+  assert np.mean(losses[-2:]) < np.mean(losses[:2])  # BT loss falls over the six steps
+  info = rmt.reward_model_info(tmp_path / 'run')
+  assert info['kind'] == 'decoder' and info['init_hf_checkpoint'] == str(checkpoint)
+  config, params = rmt.load_reward_model(tmp_path / 'run')
+  assert config.emb_dim == 32 and params['score']['kernel'].shape == (32,)
+  rm = decoder_reward_trainer.load_run(str(tmp_path / 'run'), info, params)
+  ids, mask, _ = pretrained.tokenize_for_reward(rm, ['Human: hi\n\nAssistant: hello'],
+                                                max_length=48)
+  assert np.isfinite(np.asarray(pretrained.reward_scores(rm, ids, mask))).all()
+  # The trained model exports as a sequence classifier that loads back to the same scores.
+  pretrained.export_reward_model(rm, str(tmp_path / 'export'))
+  back = pretrained.load_reward_model(str(tmp_path / 'export'))
+  np.testing.assert_allclose(pretrained.reward_scores(back, ids, mask),
+                             pretrained.reward_scores(rm, ids, mask), atol=2e-2 if
+                             case == 'qwen2_seqcls' else 1e-6)  # bfloat16 source: cast on export
+
+
+def test_decoder_run_needs_the_checkpoint_as_vocabulary(tmp_path):
+  with pytest.raises(ValueError, match='vocabulary .* must be the init_hf_checkpoint directory'):
+    rmt.train_reward_model(str(tmp_path / 'run'), data_dir=str(tmp_path),
+                           vocabulary=str(tmp_path / 'v.txt'),
+                           init_hf_checkpoint=str(PRETRAINED / 'qwen2_seqcls'))
+  assert not (tmp_path / 'run').exists()

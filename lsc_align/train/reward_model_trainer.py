@@ -129,14 +129,21 @@ def config_from_dict(config: Mapping[str, Any]) -> reward_model.RewardModelConfi
   return reward_model.RewardModelConfig(**fields)
 
 
-def load_reward_model(run_dir: str | os.PathLike[str]
-                      ) -> tuple[reward_model.RewardModelConfig, dict[str, Any]]:
-  """(config, params as numpy) of a finished train-rm run; apply with RewardModel(config)."""
+def load_reward_model(run_dir: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+  """(config, params as numpy) of a finished train-rm run; apply with RewardModel(config).
+
+  A decoder run (init_hf_checkpoint; reward_model.json kind 'decoder') gives its PolicyConfig;
+  decoder_reward_trainer.load_run makes it a pretrained.PretrainedRewardModel.
+  """
   run_dir = os.fspath(run_dir)
   path = os.path.join(run_dir, PARAMS_FILE)
   if not io_utils.exists(path):
     raise FileNotFoundError(f'{path}: no final reward model (did the run finish?)')
-  return config_from_dict(reward_model_info(run_dir)['config']), trainer_utils.load_params(path)
+  info = reward_model_info(run_dir)
+  if info.get('kind') == 'decoder':
+    from lsc_align.models import policy  # pylint: disable=g-import-not-at-top
+    return policy.PolicyConfig(**info['config']), trainer_utils.load_params(path)
+  return config_from_dict(info['config']), trainer_utils.load_params(path)
 
 
 # This trainer's TrainerSettings where gin binds none (train_reward_model/TrainerSettings.*).
@@ -272,6 +279,7 @@ def train_reward_model(
     resume: bool = False,
     init_t5x_checkpoint: str | None = None,
     init_hf_t5_checkpoint: str | None = None,
+    init_hf_checkpoint: str | None = None,
     cache_dir: str | None = None,
     max_train_pairs: int | None = None,
     world_labels: str = 'drawn',
@@ -296,6 +304,11 @@ def train_reward_model(
       (T5EncoderModel or T5ForConditionalGeneration; its config.json gives the architecture,
       `model` the numerics); `vocabulary` should be its spiece.model. Excludes
       init_t5x_checkpoint.
+    init_hf_checkpoint: train a decoder reward model instead (train/decoder_reward_trainer.py)
+      from a Hugging Face Llama / Qwen2 / Qwen3 / Gemma 2 / 3 checkpoint directory: a
+      *ForCausalLM (fresh score head) or a *ForSequenceClassification (its head). `vocabulary`
+      must then be that directory (its tokenizer tokenises the pairs, x ++ y in max_length
+      tokens); `model`, prompt_length, response_length and cache_dir are not used.
     cache_dir: tokenised-array cache; default <run_dir>/arrays.
     max_train_pairs: use only the first this many training pairs (small runs, tests).
     world_labels: 'drawn' (default), or on the embedded world 'gold_probability' / 'gold_sign'
@@ -315,6 +328,10 @@ def train_reward_model(
   cache_dir = io_utils.optional_abspath(cache_dir)
   _check_arguments(property_name, world_labels, init_t5x_checkpoint, init_hf_t5_checkpoint)
   settings = settings or configured_settings()
+  if init_hf_checkpoint is not None:
+    return _train_decoder(run_dir, data_dir, vocabulary, io_utils.abspath(init_hf_checkpoint),
+                          property_name, settings, max_length, resume, max_train_pairs,
+                          world_labels, lenient, init_t5x_checkpoint or init_hf_t5_checkpoint)
   config = _model_config(model, vocabulary, init_hf_t5_checkpoint)
   eval_split = data_arrays.validation_split(data_dir, data_arrays.PROPERTY_SUBSETS[property_name])
   mesh = trainer.prepare_run_dir(settings, run_dir, PARAMS_FILE, data_dir,
@@ -346,6 +363,31 @@ def train_reward_model(
                                 resume=resume)
   if summary is not None:
     print(json.dumps({k: summary[k] for k in _PRINTED if k in summary}), flush=True)
+  return result
+
+
+def _train_decoder(run_dir: str, data_dir: str, vocabulary: str, checkpoint: str,
+                   property_name: str, settings: settings_lib.TrainerSettings, max_length: int,
+                   resume: bool, max_train_pairs: int | None, world_labels: str, lenient: bool,
+                   encoder_checkpoint: str | None) -> loop.TrainResult:
+  """train_reward_model's decoder path, after its own argument checks."""
+  from lsc_align.train import decoder_reward_trainer  # pylint: disable=g-import-not-at-top
+  if encoder_checkpoint:
+    raise ValueError('train_reward_model: init_hf_checkpoint (a decoder) excludes the T5 '
+                     'encoder checkpoints init_t5x_checkpoint / init_hf_t5_checkpoint')
+  if not io_utils.isdir(checkpoint):
+    raise ValueError(f'train_reward_model.init_hf_checkpoint {checkpoint}: no such directory')
+  if vocabulary != checkpoint:
+    raise ValueError(f'train_reward_model.vocabulary {vocabulary} must be the '
+                     f'init_hf_checkpoint directory {checkpoint} (its tokenizer is used)')
+  if world_labels != 'drawn':
+    raise ValueError(f'train_reward_model.world_labels {world_labels!r}: only \'drawn\' with '
+                     'init_hf_checkpoint')
+  result = decoder_reward_trainer.train(
+      run_dir, data_dir=data_dir, init_hf_checkpoint=checkpoint, property_name=property_name,
+      settings=settings, max_length=max_length, resume=resume, max_train_pairs=max_train_pairs,
+      lenient=lenient, pair_metrics=pair_metrics, params_file=PARAMS_FILE, info_file=INFO_FILE,
+      summary_file=EVAL_FILE)
   return result
 
 
