@@ -345,7 +345,7 @@ def test_reward_model_from_checkpoint_trains_a_bt_step(case):
            ('Human: name a colour. Assistant:', ' Blue is a colour.', ' Eggs.')]
   packed = {}
   for side, column in (('chosen', 1), ('rejected', 2)):
-    packed[side] = reward_model.pack_prompt_response(
+    packed[side] = reward_model.pack_encoder_input(
         [tokenizer.encode(t[0], add_special_tokens=False) for t in texts],
         [tokenizer.encode(t[column]) for t in texts], 24)['tokens']
   state = loop.TrainState.create(params, optax.adam(1e-2), jax.random.key(1))

@@ -35,7 +35,7 @@ def _variables(model, tokens):
 # --- packing ---------------------------------------------------------------------------------
 
 def test_pack_keeps_prompt_end_and_response_start():
-  packed = reward_model.pack_prompt_response(
+  packed = reward_model.pack_encoder_input(
       prompts=[[3, 4, 5, 6], [3], [3], [9, 9, 9, 9, 9, 9, 9, 10]],
       responses=[[7, 8], [4, 5, 6, 7, 8, 9, 10], [4], [11, 12, 13, 14, 15, 16]],
       max_length=6)
@@ -48,16 +48,16 @@ def test_pack_keeps_prompt_end_and_response_start():
   np.testing.assert_array_equal(packed['response_mask'], [
       [0, 0, 0, 0, 1, 1], [0, 1, 1, 1, 1, 1], [0, 1, 0, 0, 0, 0], [0, 0, 0, 1, 1, 1]])
   assert packed['tokens'].dtype == np.int32
-  long_response = reward_model.pack_prompt_response([[5] * 10], [[6] * 10], 8,
+  long_response = reward_model.pack_encoder_input([[5] * 10], [[6] * 10], 8,
                                                     max_response_length=5)
   np.testing.assert_array_equal(long_response['tokens'], [[5, 5, 5, 6, 6, 6, 6, 6]])
 
 
 def test_pack_rejects_bad_input():
   with pytest.raises(ValueError, match='example 1'):
-    reward_model.pack_prompt_response([[3], [4, 0]], [[5], [6]], 4)
+    reward_model.pack_encoder_input([[3], [4, 0]], [[5], [6]], 4)
   with pytest.raises(ValueError, match='2 prompts but 1 responses'):
-    reward_model.pack_prompt_response([[3], [4]], [[5]], 4)
+    reward_model.pack_encoder_input([[3], [4]], [[5]], 4)
 
 
 # --- heads and pooling -------------------------------------------------------------------------
@@ -169,8 +169,8 @@ def _pair_batch() -> dict[str, np.ndarray]:
   prompts = [list(rng.integers(3, 32128, size=rng.integers(2, 9))) for _ in range(8)]
   chosen = [list(rng.integers(3, 32128, size=rng.integers(1, 6))) + [1] for _ in range(8)]
   rejected = [list(rng.integers(3, 32128, size=rng.integers(1, 6))) + [1] for _ in range(8)]
-  return {'chosen': reward_model.pack_prompt_response(prompts, chosen, 12)['tokens'],
-          'rejected': reward_model.pack_prompt_response(prompts, rejected, 12)['tokens']}
+  return {'chosen': reward_model.pack_encoder_input(prompts, chosen, 12)['tokens'],
+          'rejected': reward_model.pack_encoder_input(prompts, rejected, 12)['tokens']}
 
 
 def _train(mesh, steps: int = 3):

@@ -23,13 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lsc_align.conventions import PROPERTIES
 from lsc_align.models import policy, reward_model, sampling, t5_encoder
 from lsc_align.models.policy import EOS_ID, PolicyConfig
 from lsc_align.rewards import aggregate, make_objective
 from lsc_align.rewards.objectives import Objective
 from lsc_align.align import ppo_step, scoring_step
 
-PROPERTIES = ('helpful', 'harmless')
 
 
 def all_responses(vocab_size: int, max_response_length: int) -> np.ndarray:

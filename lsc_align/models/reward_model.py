@@ -1,6 +1,6 @@
 """Reward models on a T5 encoder: a scalar r(x, y) and the Gaussian reference r_mean(x), r_std(x).
 
-The input is one encoder sequence, prompt x followed by response y (`pack_prompt_response`).
+The input is one encoder sequence, prompt x followed by response y (`pack_encoder_input`).
 Parameter trees are flat: `token_embedder/`, `encoder/` (T5X names, see t5_encoder) beside the
 heads, so T5X encoder weights drop in and go back out unchanged (t5x_checkpoint).
 
@@ -52,7 +52,7 @@ class RewardModelConfig:
       raise ValueError(f'RewardModelConfig.min_std must be >= 0, got {self.min_std}')
 
 
-def pack_prompt_response(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+def pack_encoder_input(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
                          max_length: int,
                          max_response_length: int | None = None) -> dict[str, np.ndarray]:
   """Packs x ++ y per example into one right-padded int32 row of `max_length`.

@@ -54,7 +54,7 @@ def pack_pairs(arrays: Mapping[str, np.ndarray], max_length: int,
   prompts = data_arrays.strip_padding(arrays['prompt_ids'])
   packed = {}
   for side in ('chosen', 'rejected'):
-    packed[side] = reward_model.pack_prompt_response(
+    packed[side] = reward_model.pack_encoder_input(
         prompts, data_arrays.strip_padding(arrays[f'{side}_ids']), max_length,
         max_response_length)['tokens']
   return packed
