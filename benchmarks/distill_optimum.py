@@ -30,9 +30,11 @@ import optax
 
 from benchmarks import optimum_pool_size
 from lsc_align import gin_utils
-from lsc_align.align import references
+from lsc_align.align import pool_sampling
 from lsc_align.models import sampling
-from lsc_align.pipeline import experiment, layout, pools_stage, runs
+from lsc_align.pipeline import experiment, layout, pools_stage, reference_tables
+from lsc_align.pipeline.pool import load_pool
+from lsc_align.rewards import aggregate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,16 +60,17 @@ def main(argv: list[str] | None = None) -> int:
   exp = layout.ExperimentDirs(args.exp_dir)
   models = pools_stage.load_models(exp)
   objective = experiment.load_objective(args.objective)
-  length = layout.load_npz(exp.pool('eval'))['pool_responses'].shape[-1]
+  length = load_pool(exp, 'eval').response_length
   start = time.time()
 
   # π0's pool on the training prompts, with the reference table the learners train with.
-  prompts, table, _ = pools_stage.training_prompts(exp, objective, models, 'pool')
+  prompts, train_pool, _ = pools_stage.training_prompts(exp, objective, models, 'pool')
+  table = reference_tables.references_for(exp, objective, prompts, train_pool, models)
   prompts, table = prompts[:args.train_prompts or None], table[:args.train_prompts or None]
-  pool = references.sample_pool(models.policy_params, models.policy_config, prompts, args.pool,
-                                jax.random.key(10_000 + args.seed), length)
-  u = runs.pool_utilities(objective, np.stack([references.score_pool(
-      models.reward_fn(p), prompts, pool) for p in objective.properties], -1), table)
+  pool = pool_sampling.sample_pool(models.policy_params, models.policy_config, prompts,
+                                   args.pool, jax.random.key(10_000 + args.seed), length)
+  u = aggregate.pool_utilities(objective, {p: pool_sampling.score_pool(
+      models.reward_fn(p), prompts, pool) for p in objective.properties}, table)
   logits = u / args.gamma
   weights = np.exp(logits - logits.max(axis=1, keepdims=True))
   weights /= weights.sum(axis=1, keepdims=True)
@@ -75,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
   pool_seconds = time.time() - start
 
   # The measuring pool: fresh π0 samples on the evaluation (or training) prompts.
-  arrays = layout.load_npz(exp.pool(args.split))
-  eval_prompts = arrays['prompt_ids'][:args.eval_prompts]
-  eval_pool = references.sample_pool(models.policy_params, models.policy_config, eval_prompts,
+  measured = load_pool(exp, args.split)
+  eval_prompts = measured.prompt_ids[:args.eval_prompts]
+  eval_pool = pool_sampling.sample_pool(models.policy_params, models.policy_config, eval_prompts,
                                      args.eval_pool, jax.random.key(123), length)
-  eval_rewards = {p: references.score_pool(models.reward_fn(p), eval_prompts, eval_pool)
+  eval_rewards = {p: pool_sampling.score_pool(models.reward_fn(p), eval_prompts, eval_pool)
                   for p in objective.properties}
 
   config = models.policy_config
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     train_seconds += time.time() - t
     if i in eval_at:
       share = optimum_pool_size.policy_share(
-          params, objective, args.gamma, exp, models, arrays, eval_prompts, eval_rewards,
+          params, objective, args.gamma, exp, models, measured, eval_prompts, eval_rewards,
           args.split, args.policy_samples, 7, length)
       rows.append({'step': i, 'nll': float(np.mean(losses[-100:])), **share})
       print(json.dumps(rows[-1]), file=sys.stderr, flush=True)

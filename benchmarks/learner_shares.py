@@ -2,7 +2,7 @@
 
     python -m benchmarks.learner_shares --exp_dir EXP [--objectives combined_lsc_sum,...]
 
-Every learner run's evaluation (runs.evaluate_ppo) holds its share (J − J_π0)/(J*_N − J_π0) on
+Every learner run's evaluation (runs.evaluate_learner) holds its share (J − J_π0)/(J*_N − J_π0) on
 the evaluation prompts with a 95% bootstrap interval over prompts, and the checks of the pooled
 J*_N (pool size N, ESS, KL*, half-pool gap, trusted). This prints one JSON row per run and one
 per (learner, objective, γ): the mean share over seeds with a 95% t-interval across seeds, the

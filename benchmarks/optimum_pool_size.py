@@ -29,8 +29,11 @@ import jax
 import numpy as np
 
 from lsc_align import checkpointing, gin_utils, io_utils
-from lsc_align.align import optimum, optimum_checks, ppo, ppo_step, references
-from lsc_align.pipeline import experiment, layout, pools_stage, runs
+from lsc_align.align import optimum, optimum_checks, pool_sampling, ppo, ppo_step
+from lsc_align.conventions import PROPERTIES
+from lsc_align.pipeline import experiment, layout, pools_stage, reference_tables, runs
+from lsc_align.pipeline.pool import Pool, load_pool
+from lsc_align.rewards import aggregate
 from lsc_align.rewards.objectives import Objective
 
 
@@ -50,20 +53,19 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   gin_utils.parse(args.gin_file or ['experiments/demo.gin'], [])
   exp = layout.ExperimentDirs(args.exp_dir)
-  arrays = layout.load_npz(exp.pool(args.split))
+  arrays = load_pool(exp, args.split)
   models = pools_stage.load_models(exp)
-  prompts = arrays['prompt_ids'][:args.prompts or None]
-  length = layout.load_npz(exp.pool('eval'))['pool_responses'].shape[-1]
-  responses = references.sample_pool(models.policy_params, models.policy_config, prompts,
+  prompts = arrays.prompt_ids[:args.prompts or None]
+  length = load_pool(exp, 'eval').response_length
+  responses = pool_sampling.sample_pool(models.policy_params, models.policy_config, prompts,
                                      args.pool, jax.random.key(args.seed), length)
-  rewards = {p: references.score_pool(models.reward_fn(p), prompts, responses)
-             for p in layout.PROPERTIES}
+  rewards = {p: pool_sampling.score_pool(models.reward_fn(p), prompts, responses)
+             for p in PROPERTIES}
   out = []
   for name in args.objectives.split(','):
     objective = experiment.load_objective(name)
     refs = _references(args.split, exp, models, objective, arrays, prompts.shape[0])
-    u = runs.pool_utilities(objective, np.stack([rewards[p] for p in objective.properties], -1),
-                            refs)
+    u = aggregate.pool_utilities(objective, rewards, refs)
     for gamma in (float(g) for g in args.gammas.split(',')):
       n = 64
       while n <= args.pool:
@@ -79,16 +81,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _references(split: str, exp: layout.ExperimentDirs, models: pools_stage.Models,
-                objective: Objective, arrays: dict[str, np.ndarray], n: int) -> np.ndarray:
+                objective: Objective, arrays: Pool, n: int) -> np.ndarray:
   """[n, P] reference rewards: evaluation's, or the table the learners trained with."""
-  if split == 'eval':
-    return runs.eval_references(objective, arrays, exp)[:n]
-  _, table, _ = pools_stage.training_prompts(exp, objective, models, 'pool')
-  return table[:n]
+  del split  # the pool is the split's
+  return reference_tables.references_for(exp, objective, arrays.prompt_ids, arrays, models)[:n]
 
 
 def _run_share(run_dir: str, exp: layout.ExperimentDirs, models: pools_stage.Models,
-               arrays: dict[str, np.ndarray], prompts: np.ndarray,
+               arrays: Pool, prompts: np.ndarray,
                pool_rewards: dict[str, np.ndarray], args: argparse.Namespace) -> dict:
   """The run's per-prompt J against J*_N of the fresh pool, for every N (module docstring)."""
   run_dir, _, at = run_dir.partition('@')
@@ -108,7 +108,7 @@ def _run_share(run_dir: str, exp: layout.ExperimentDirs, models: pools_stage.Mod
 
 
 def policy_share(params: Any, objective: Objective, gamma: float, exp: layout.ExperimentDirs,
-                 models: pools_stage.Models, arrays: dict[str, np.ndarray], prompts: np.ndarray,
+                 models: pools_stage.Models, arrays: Pool, prompts: np.ndarray,
                  pool_rewards: dict[str, np.ndarray], split: str, policy_samples: int,
                  seed: int, max_response_length: int, temperature: float = 1.0) -> dict:
   """A policy's per-prompt J = E[u] − γ KL against J*_N of π0's pool, for N = 64, 128, ...
@@ -116,16 +116,15 @@ def policy_share(params: Any, objective: Objective, gamma: float, exp: layout.Ex
   pool_rewards: property -> [P, N] proxy rewards of π0's pool on `prompts`. Returns the KL,
   J and, per N, KL*_N with the share of the gain and its bootstrap interval over prompts.
   """
-  responses = references.sample_pool(params, models.policy_config, prompts, policy_samples,
+  responses = pool_sampling.sample_pool(params, models.policy_config, prompts, policy_samples,
                                      jax.random.key(seed + 1), max_response_length,
                                      temperature)
   kl = runs.kl_per_prompt(params, models.policy_params, models.policy_config, prompts,
                           responses, temperature, 256)
   refs = _references(split, exp, models, objective, arrays, prompts.shape[0])
-  u = runs.pool_utilities(objective, np.stack([references.score_pool(
-      models.reward_fn(p), prompts, responses) for p in objective.properties], -1), refs)
-  u_pool = runs.pool_utilities(
-      objective, np.stack([pool_rewards[p] for p in objective.properties], -1), refs)
+  u = aggregate.pool_utilities(objective, {p: pool_sampling.score_pool(
+      models.reward_fn(p), prompts, responses) for p in objective.properties}, refs)
+  u_pool = aggregate.pool_utilities(objective, pool_rewards, refs)
   reached = u.mean(axis=1) - gamma * kl
   rows, n = [], 64
   while n <= u_pool.shape[1]:

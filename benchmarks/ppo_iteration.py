@@ -12,7 +12,7 @@ t5_world.gin for both reward models, policy_world.gin for π and π0), objective
 objectives/combined_lsc_sum.gin; the iteration itself fills setup.timings (rollout_s, scoring_s,
 update_s; update_s includes the GAE pass). Iteration 1 compiles everything and is reported apart.
 
-Part 2: ppo_step.score (jitted) on the same rollout with combined_raw_sum.gin and with
+Part 2: scoring_step.score (jitted) on the same rollout with combined_raw_sum.gin and with
 combined_lsc_sum.gin. The two are timed alternately (raw, lsc, raw, lsc, ...) so machine load
 drifts hit both alike; the overhead is median(lsc) / median(raw) − 1 and the median of the
 per-pair ratios. XLA's FLOP counts of the two compiled steps are reported too (noise-free).
@@ -37,7 +37,7 @@ import numpy as np
 from benchmarks import common
 from lsc_align.models import policy, reward_model, sampling
 from lsc_align.rewards import aggregate, objectives
-from lsc_align.align import ppo, ppo_step
+from lsc_align.align import ppo, ppo_step, scoring_step
 
 
 def load_objective(gin_file: str) -> objectives.Objective:
@@ -118,7 +118,7 @@ def make_setup(rm_config: Any, policy_config: policy.PolicyConfig,
   table_refs = rng.normal(size=(num_prompts, num_props)).astype(np.float32)
   hp = ppo_step.PPOHyperparams(max_response_length=response_length, epochs=epochs,
                                num_minibatches=num_minibatches, warmup_steps=10, **hp_overrides)
-  setup = ppo.PPOSetup(scorer=ppo_step.Scorer(objective, (rm_config,) * num_props,
+  setup = ppo.PPOSetup(scorer=scoring_step.Scorer(objective, (rm_config,) * num_props,
                                               policy_config),
                        hp=hp, kl_coef=0.05, reward_params=reward_params, ref_policy_params=pi0,
                        prompt_ids=prompts, table_refs=table_refs, batch_size=batch_size,
@@ -180,9 +180,9 @@ def main() -> None:
                 batch['table_refs'], jnp.float32(0.05))
   compiled, compile_s, flops, utilities = {}, {}, {}, {}
   for name, objective in (('raw_sum', raw_objective), ('lsc_sum', lsc_objective)):
-    scorer = ppo_step.Scorer(objective, (rm_config,) * num_props, policy_config)
+    scorer = scoring_step.Scorer(objective, (rm_config,) * num_props, policy_config)
     jax.clear_caches()  # part 1 compiled the LSC scorer already; time a fresh compile of each
-    compiled[name], compile_s[name] = common.compile_timed(ppo_step.score, scorer, *score_args)
+    compiled[name], compile_s[name] = common.compile_timed(scoring_step.score, scorer, *score_args)
     flops[name] = common.compiled_flops(compiled[name])
     utilities[name] = np.asarray(compiled[name](*score_args).utility)
   times = interleaved_times({n: (lambda c=c: c(*score_args)) for n, c in compiled.items()},
@@ -206,7 +206,7 @@ def main() -> None:
   parts: dict[str, Any] = {}
 
   def rm_forward(params, prompt_ids, response_ids):
-    return ppo_step.reward_model_rewards((rm_config,) * num_props, params, prompt_ids,
+    return scoring_step.reward_model_rewards((rm_config,) * num_props, params, prompt_ids,
                                          response_ids)
 
   fns = {'reward_model_forwards': (jax.jit(rm_forward),

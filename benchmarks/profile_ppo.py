@@ -6,7 +6,7 @@ At the peer comparison's shapes (`SHAPES`, as ../shared/peers/compare.py binds t
 prompts, 4 minibatches × 2 epochs, float32, random init), each piece of `ppo.ppo_iteration` is
 compiled and timed on its own, on the rollout of one real iteration:
 * `sample`: sampling.sample (KV cache); tokens/s = rows × generated tokens / seconds;
-* `score`: ppo_step.score (two reward models, π0's log-probs, transform, aggregation, KL);
+* `score`: scoring_step.score (two reward models, π0's log-probs, transform, aggregation, KL);
 * `update`: what ppo_iteration does after scoring (the old log-prob / GAE pass and
   hp.epochs × hp.num_minibatches updates), called as the learner calls it.
 For each: XLA's FLOP count (cost_analysis; the update's from one minibatch step × steps plus the
@@ -26,7 +26,7 @@ import numpy as np
 
 from benchmarks import common, hlo_profile
 from benchmarks.ppo_iteration import load_objective, make_setup
-from lsc_align.align import ppo, ppo_step
+from lsc_align.align import ppo, ppo_step, scoring_step
 from lsc_align.models import sampling
 
 SHAPES = {
@@ -118,7 +118,7 @@ def profile_shape(label: str, shape: dict[str, int], repeats: int, dtype: str,
   score_args = (setup.reward_params, setup.ref_policy_params, setup.gaussian_params,
                 batch['prompt_ids'], sample.response_ids, sample.logprobs, batch['table_refs'],
                 jnp.float32(setup.kl_coef))
-  score_c = ppo_step.score.lower(setup.scorer, *score_args).compile()
+  score_c = scoring_step.score.lower(setup.scorer, *score_args).compile()
   call = lambda: score_c(*score_args)
   out['score'] = profile_piece('score', call, [(call, [score_c])], common.compiled_flops(score_c),
                                repeats)

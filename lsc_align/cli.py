@@ -104,7 +104,9 @@ COMMANDS: dict[str, Command] = {
                         'train a Bradley-Terry reward model for one property',
                         (_RUN_DIR, _RESUME, _LENIENT,
                          _path('--init_t5x_checkpoint', default=None,
-                               help='start the encoder from this T5X checkpoint'))),
+                               help='start the encoder from this T5X checkpoint'),
+                         _path('--init_hf_t5_checkpoint', default=None,
+                               help='start the encoder from this Hugging Face T5 checkpoint'))),
     'train-reference': Command(
         reference_trainer.main,
         'train the reference-reward predictor r_mean(x), r_std(x) of one property', (

@@ -72,16 +72,22 @@ def reset_parse_record() -> None:
   _PARSED['files'], _PARSED['bindings'] = [], []
 
 
-def _record_file(parsed: gin.config.ParsedConfigFileIncludesAndImports, by: str | None) -> None:
-  """Records a file gin parsed and, depth first, the files it included (gin's own tree)."""
-  path = resolve_gin_file(parsed.filename)
+def record_file(path: str, by: str | None = None) -> None:
+  """Records a gin file with its comments for the header (once); also for a file read after
+  `parse`, as an objective file is when a command loads its objective."""
+  path = resolve_gin_file(path)
   if all(path != recorded for recorded, _, _ in _PARSED['files']):
     comments = [line.strip().lstrip('#').strip()
                 for line in pathlib.Path(path).read_text().splitlines()
                 if line.strip().startswith('#')]
     _PARSED['files'].append((path, by, comments))
+
+
+def _record_file(parsed: gin.config.ParsedConfigFileIncludesAndImports, by: str | None) -> None:
+  """Records a file gin parsed and, depth first, the files it included (gin's own tree)."""
+  record_file(parsed.filename, by)
   for included in parsed.includes:
-    _record_file(included, path)
+    _record_file(included, resolve_gin_file(parsed.filename))
 
 
 def _parse(gin_files: Sequence[str], gin_params: Sequence[str], finalize: bool) -> None:

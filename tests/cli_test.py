@@ -291,6 +291,13 @@ def test_missing_t5x_checkpoint(tiny_world, tmp_path, capsys):
   assert not (tmp_path / 'rm').exists()
 
 
+def test_missing_hf_t5_checkpoint(tiny_world, tmp_path, capsys):
+  code, _, err = _run(_rm_argv(tmp_path / 'rm', tiny_world, tiny_world / 'vocab.txt',
+                               '--init_hf_t5_checkpoint', tmp_path / 'ckpt'), capsys)
+  _assert_user_error(code, err, 'train-rm', 'init_hf_t5_checkpoint')
+  assert not (tmp_path / 'rm').exists()
+
+
 @pytest.mark.parametrize('argv,command,fragment', [
     (['rm-diagnose', '--run_dir', '{tmp}/none'], 'rm-diagnose',
      'reward_model.json: No such file or directory'),

@@ -14,16 +14,17 @@ def _ppo_args(**kwargs):
 
 
 def test_ppo_command_runs_in_the_gin_scope_of_its_learner(monkeypatch, clean_gin):
-  """Learner-scoped bindings (rloo/run_ppo.batch_size) hold for `lsc-align ppo` as in a sweep."""
+  """Learner-scoped bindings (rloo/run_learner.batch_size) hold for `lsc-align ppo` as in a
+  sweep."""
   seen = []
 
-  def fake_run_ppo(exp_dir, objective, resume, **given):
+  def fake_run_learner(exp_dir, objective, resume, **given):
     seen.append((gin.current_scope_str(), exp_dir, objective, resume, given))
 
-  monkeypatch.setattr(runs, 'run_ppo', fake_run_ppo)
+  monkeypatch.setattr(runs, 'run_learner', fake_run_learner)
   monkeypatch.setattr(commands, '_objective', lambda args: args.objective)
   assert commands.ppo_main(_ppo_args()) == loop.EXIT_CODE_PREEMPTED  # the fake returns None
-  gin.parse_config("run_ppo.learner = 'rloo'")
+  gin.parse_config("run_learner.learner = 'rloo'")
   commands.ppo_main(_ppo_args(seed=3, run_dir='RUN'))
   assert seen == [('ppo', 'EXP', 'helpful_lsc', False, {'kl_coef': 0.1}),
                   ('rloo', 'EXP', 'helpful_lsc', False,

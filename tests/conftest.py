@@ -95,7 +95,7 @@ def tiny_ppo_run(tiny_experiment):
   parse_tiny_experiment_gin()
   run_dir = os.path.join(tiny_experiment, 'runs', 'ppo_combined_lsc_sum_g0.05_s0')
   try:
-    result = runs.run_ppo(tiny_experiment, experiment.load_objective(TINY_PPO['objective']),
+    result = runs.run_learner(tiny_experiment, experiment.load_objective(TINY_PPO['objective']),
                           kl_coef=TINY_PPO['kl_coef'], run_dir=run_dir)
   finally:
     gin.clear_config()

@@ -36,7 +36,7 @@ def make_setup(mesh):
   # pylint: disable=g-import-not-at-top
   from lsc_align.models import policy, reward_model, t5_encoder
   from lsc_align.rewards import make_objective  # pylint: disable=g-import-not-at-top
-  from lsc_align.align import ppo, ppo_step  # pylint: disable=g-import-not-at-top
+  from lsc_align.align import ppo, ppo_step, scoring_step  # pylint: disable=g-import-not-at-top
 
   policy_config = policy.PolicyConfig(vocab_size=VOCAB, emb_dim=32, num_heads=2, head_dim=16,
                                       mlp_dim=64, num_layers=1, max_len=24, value_hidden_dim=16)
@@ -57,7 +57,7 @@ def make_setup(mesh):
   state = jax.jit(lambda p: ppo.init_state(p, hp, seed=0), out_shardings=replicated)(pi0)
   prompts = np.random.default_rng(0).integers(3, VOCAB, size=(NUM_PROMPTS, 5)).astype(np.int32)
   prompts[::2, 3:] = 0  # prompts of different lengths
-  scorer = ppo_step.Scorer(objective, (rm_config,), policy_config)
+  scorer = scoring_step.Scorer(objective, (rm_config,), policy_config)
   setup = ppo.PPOSetup(scorer=scorer, hp=hp, kl_coef=0.02, reward_params=(rm_params,),
                        ref_policy_params=pi0, prompt_ids=prompts,
                        table_refs=np.zeros((NUM_PROMPTS, 1), np.float32),

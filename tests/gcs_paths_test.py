@@ -173,9 +173,9 @@ def test_an_experiment_on_a_bucket_runs_resumes_and_reports(bucket, tiny_gin, mo
   monkeypatch.setattr(loop.PreemptionGuard, 'should_stop',
                       lambda self, step: step == stop_at['step'] or real_should_stop(self, step))
   run_dir = exp.run('ppo_cut')
-  assert runs.run_ppo(exp_dir, objective, kl_coef=0.05, run_dir=run_dir) is None  # preempted
+  assert runs.run_learner(exp_dir, objective, kl_coef=0.05, run_dir=run_dir) is None  # preempted
   stop_at['step'] = -1
-  resumed = runs.run_ppo(exp_dir, objective, kl_coef=0.05, run_dir=run_dir, resume=True)
+  resumed = runs.run_learner(exp_dir, objective, kl_coef=0.05, run_dir=run_dir, resume=True)
   again = runs.evaluate_run(run_dir)  # from the bucket's checkpoint
   assert again.kl == resumed.kl and again.and_win_rate == resumed.and_win_rate
   assert io_utils.read_text(f'{run_dir}/{runs.SAMPLES_FILE}').count('\n') == 8

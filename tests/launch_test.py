@@ -332,16 +332,16 @@ def test_sweep_expansion_order_names_and_bindings():
 
 
 def test_sweep_values_split_outside_brackets_and_quotes():
-  spec = sweep.parse_sweep_flags(["run_ppo.seed=[1,2],[3,4]", "x.mode='a,b','c'", 'y.r=@f,%M'])
-  assert spec == {'run_ppo.seed': ['[1,2]', '[3,4]'], 'x.mode': ["'a,b'", "'c'"],
+  spec = sweep.parse_sweep_flags(["run_learner.seed=[1,2],[3,4]", "x.mode='a,b','c'", 'y.r=@f,%M'])
+  assert spec == {'run_learner.seed': ['[1,2]', '[3,4]'], 'x.mode': ["'a,b'", "'c'"],
                   'y.r': ['@f', '%M']}
-  assert [p.bindings[0] for p in sweep.expand({'s': spec['run_ppo.seed']})] == [
+  assert [p.bindings[0] for p in sweep.expand({'s': spec['run_learner.seed']})] == [
       's = [1,2]', 's = [3,4]']
 
 
 @pytest.mark.parametrize('flag, message', [
-    ('run_ppo.seed=[1,2', "unclosed bracket in '[1,2'"),
-    ('run_ppo.seed=1]', "unbalanced ']'"),
+    ('run_learner.seed=[1,2', "unclosed bracket in '[1,2'"),
+    ('run_learner.seed=1]', "unbalanced ']'"),
     ("x.mode='a", 'unclosed \''),
     ('x.mode=harmless', "'harmless' is not a gin value (strings need quotes"),
     ('x.a=$1', "'$1' is not a gin value"),

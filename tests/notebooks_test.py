@@ -82,7 +82,7 @@ def test_committed_notebook_is_clean_and_colab_ready(name):
               'compare_sweep.ipynb': 'LSC_ALIGN_EXP_DIR'}[name]
   assert f"os.environ.get('{variable}'" in code[1].source
   assert not any(word in cell.source for cell in code
-                 for word in ('run_ppo', 'run_best_of_k', 'train_', 'tensorflow'))
+                 for word in ('run_learner', 'run_best_of_k', 'train_', 'tensorflow'))
 
 
 # ---------------------------------------------------------------- inspect.py on synthetic files

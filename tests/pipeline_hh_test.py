@@ -57,7 +57,7 @@ def test_best_of_k_ppo_and_report_on_hh(hh_experiment, tiny_gin, tmp_path):  # p
   bok = runs.run_best_of_k(exp.root, experiment.load_objective('combined_lsc_sum_bok'),
                            ks=(1, 4))
   assert [r.k for r in bok] == [1, 4] and bok[1].and_win_rate is not None
-  result = runs.run_ppo(exp.root, experiment.load_objective('helpful_lsc'), kl_coef=0.1,
+  result = runs.run_learner(exp.root, experiment.load_objective('helpful_lsc'), kl_coef=0.1,
                         steps=2)
   assert result.method == 'ppo' and np.isfinite(result.kl)
   assert set(result.shortcut_rate) == {'list', 'referral'}

@@ -7,9 +7,9 @@ import pytest
 
 from lsc_align.eval import results as results_lib
 from lsc_align.pipeline import experiment, runs
-from lsc_align.rewards import make_objective
+from lsc_align.rewards import aggregate, make_objective
 from lsc_align.align import best_of_k
-from lsc_align.pipeline import layout
+from lsc_align.pipeline import layout, pool, reference_tables
 from lsc_align.train import loop, sft_trainer
 
 pytestmark = pytest.mark.slow  # trains models or runs whole commands
@@ -41,10 +41,10 @@ def test_best_of_k_picks_the_highest_utility_and_reports_its_kl(exp_dir):
                              rtol=1e-6)
   utilities = [r.extra['utility'] for r in results]
   assert utilities == sorted(utilities)  # a larger k never picks a worse sample
-  arrays = layout.load_npz(layout.ExperimentDirs(exp_dir).pool('eval'))
-  u = runs.pool_utilities(objective, np.stack([arrays['pool_reward_helpful'],
-                                               arrays['pool_reward_harmless']], -1),
-                           runs.eval_references(objective, arrays))
+  evaluation = pool.load_pool(layout.ExperimentDirs(exp_dir), 'eval')
+  u = aggregate.pool_utilities(objective, evaluation.pool.rewards,
+                               reference_tables.references_for(None, objective,
+                                                               evaluation.prompt_ids, evaluation))
   assert utilities[-1] == pytest.approx(float(u.max(axis=1).mean()), rel=1e-6)
   assert np.array_equal(best_of_k.select_best_of_k(u, 1), np.zeros(8, int))
 
@@ -70,6 +70,41 @@ def test_objective_file_errors_name_the_line(tmp_path):
   bad.write_text("make_objective.name = 'x'\nmake_objective.transform = @foo()\n")
   with pytest.raises(ValueError, match='bad.gin:2'):
     experiment.load_objective(str(bad))
+  bad.write_text("make_objective.name = 'x'\nmake_objective.transform = 'raw'\n")
+  with pytest.raises(ValueError, match='no make_objective.properties binding'):
+    experiment.load_objective(str(bad))
+  bad.write_text("make_objective.name = 'x'\nmake_objective.properties = ['helpful']\n"
+                 "make_objective.transform = 'raw'\nmake_objective.quantile = 0.5\n")
+  with pytest.raises(ValueError, match="bad.gin:4: make_objective has no argument 'quantile'"):
+    experiment.load_objective(str(bad))
+
+
+def test_objective_files_are_bound_in_their_own_gin_scope(tmp_path):
+  """Each file's bindings live in the scope of its name; a second file of that name replaces them
+  all (none of the first is left behind), and the run's config names the file."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from lsc_align import gin_utils  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  gin_utils.reset_parse_record()
+  try:
+    path = tmp_path / 'mine.gin'
+    path.write_text("make_objective.name = 'mine'\nmake_objective.properties = ['helpful']\n"
+                    "make_objective.transform = 'raw'\n"
+                    "make_objective.weights = {'helpful': 2.0}\n")
+    assert experiment.load_objective(str(path)).weights == (2.0,)
+    assert gin.query_parameter('mine/make_objective.weights') == {'helpful': 2.0}
+    path.write_text("make_objective.name = 'mine'\nmake_objective.properties = ['helpful']\n"
+                    "make_objective.transform = 'raw'\n")
+    assert experiment.load_objective(str(path)).weights == (1.0,)
+    with gin.config_scope('rloo'):  # as `lsc-align ppo` loads it, in its learner's scope
+      assert experiment.load_objective('helpful_lsc').name == 'helpful_lsc'
+    operative = gin.operative_config_str()
+    assert "helpful_lsc/make_objective.name = 'helpful_lsc'" in operative
+    assert "mine/make_objective.weights = None" in operative
+    assert 'objectives/helpful_lsc.gin' in gin_utils.provenance_header()
+  finally:
+    gin.clear_config()
+    gin_utils.reset_parse_record()
 
 
 def test_ppo_run_resumes_exactly_and_is_evaluated(exp_dir, tiny_ppo_run, tmp_path, monkeypatch):
@@ -85,9 +120,9 @@ def test_ppo_run_resumes_exactly_and_is_evaluated(exp_dir, tiny_ppo_run, tmp_pat
   real_should_stop = loop.PreemptionGuard.should_stop
   monkeypatch.setattr(loop.PreemptionGuard, 'should_stop',
                       lambda self, step: step == stop_at['step'] or real_should_stop(self, step))
-  assert runs.run_ppo(exp_dir, objective, kl_coef=0.05, run_dir=str(tmp_path / 'cut')) is None
+  assert runs.run_learner(exp_dir, objective, kl_coef=0.05, run_dir=str(tmp_path / 'cut')) is None
   stop_at['step'] = -1
-  resumed = runs.run_ppo(exp_dir, objective, kl_coef=0.05, run_dir=str(tmp_path / 'cut'),
+  resumed = runs.run_learner(exp_dir, objective, kl_coef=0.05, run_dir=str(tmp_path / 'cut'),
                          resume=True)
   a = json.loads(open(os.path.join(full_dir, runs.RESULTS_FILE), encoding='utf-8').read())
   b = json.loads((tmp_path / 'cut' / runs.RESULTS_FILE).read_text())
@@ -123,7 +158,7 @@ def test_sweep_skips_finished_runs_and_report_reads_them(exp_dir):
 def test_sweep_runs_each_learner_with_its_scoped_bindings(exp_dir):
   import gin  # pylint: disable=g-import-not-at-top
   with gin.unlock_config():
-    gin.parse_config(['ppo/run_ppo.batch_size = 16',
+    gin.parse_config(['ppo/run_learner.batch_size = 16',
                       'rloo/ppo.PPOHyperparams.samples_per_prompt = 2'])
   done = experiment.run_sweep(exp_dir, ppo_objectives=['helpful_raw'], kl_coefs=[0.7],
                               learners=['ppo', 'rloo'], bok_objectives=[],
@@ -151,5 +186,5 @@ def test_ppo_refuses_a_response_length_other_than_the_pools(exp_dir, tmp_path):
   from lsc_align.align import ppo_step  # pylint: disable=g-import-not-at-top
   hp = dataclasses.replace(ppo_step.PPOHyperparams(), max_response_length=10)
   with pytest.raises(ValueError, match='PPOHyperparams.max_response_length = 10'):
-    runs.run_ppo(exp_dir, experiment.load_objective('helpful_lsc'), kl_coef=0.1, hp=hp,
+    runs.run_learner(exp_dir, experiment.load_objective('helpful_lsc'), kl_coef=0.1, hp=hp,
                  steps=1, run_dir=str(tmp_path / 'short'))

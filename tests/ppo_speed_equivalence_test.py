@@ -27,7 +27,8 @@ import pytest  # pylint: disable=g-import-not-at-top
 
 from lsc_align.models import policy, reward_model, t5_encoder  # pylint: disable=g-import-not-at-top
 from lsc_align.rewards import make_objective  # pylint: disable=g-import-not-at-top
-from lsc_align.align import ppo, ppo_step, rloo  # pylint: disable=g-import-not-at-top
+from lsc_align.align import (  # pylint: disable=g-import-not-at-top
+    learners, ppo, ppo_step, scoring_step)
 
 GOLDEN = pathlib.Path(__file__).resolve().parent / 'data' / 'ppo_golden.npz'
 VOCAB = 24
@@ -58,12 +59,13 @@ def run_case(name: str) -> tuple[list[dict[str, float]], dict[str, np.ndarray]]:
   pi0 = policy.init_params(POLICY, jax.random.key(2))
   prompts = np.random.default_rng(0).integers(3, VOCAB, size=(16, 5)).astype(np.int32)
   prompts[::2, 3:] = 0  # prompts of different lengths
-  setup = ppo.PPOSetup(scorer=ppo_step.Scorer(objective, (RM,), POLICY, hp.temperature), hp=hp,
+  setup = ppo.PPOSetup(scorer=scoring_step.Scorer(objective, (RM,), POLICY, hp.temperature),
+                       hp=hp,
                        kl_coef=0.05, reward_params=(rm_params['params'],), ref_policy_params=pi0,
                        prompt_ids=prompts, table_refs=np.zeros((16, 1), np.float32),
                        batch_size=8 // hp.samples_per_prompt)
   state = ppo.init_state(pi0, hp, seed=0)
-  iterate = rloo.iteration_fn(name)
+  iterate = learners.iteration_fn(name)
   history = []
   for step in range(1, ITERATIONS + 1):
     state, metrics = iterate(setup, state, setup.batch(step))

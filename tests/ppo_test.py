@@ -9,7 +9,7 @@ import pytest
 from lsc_align import partitioning
 from lsc_align.models import policy, reward_model, t5_encoder
 from lsc_align.rewards import make_objective
-from lsc_align.align import ppo, ppo_step
+from lsc_align.align import ppo, ppo_step, scoring_step
 
 VOCAB = 12
 POLICY = policy.PolicyConfig(vocab_size=VOCAB, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
@@ -30,7 +30,7 @@ def _setup(objective_kind='lsc', mesh=None, kl_coef=0.02):
   pi0 = policy.init_params(POLICY, jax.random.key(2))
   prompts = np.random.default_rng(0).integers(3, VOCAB, size=(32, 5)).astype(np.int32)
   prompts[::2, 3:] = 0  # prompts of different lengths
-  scorer = ppo_step.Scorer(objective, (RM,), POLICY)
+  scorer = scoring_step.Scorer(objective, (RM,), POLICY)
   setup = ppo.PPOSetup(scorer=scorer, hp=HP, kl_coef=kl_coef, reward_params=(rm_params,),
                        ref_policy_params=pi0, prompt_ids=prompts,
                        table_refs=np.zeros((32, 1), np.float32), batch_size=16, mesh=mesh)

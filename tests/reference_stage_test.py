@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 import conftest  # pylint: disable=g-bad-import-order
-from lsc_align.align import ppo_step
-from lsc_align.align import references
+from lsc_align.align import scoring_step
 from lsc_align.pipeline import experiment
 from lsc_align.pipeline import layout
+from lsc_align.pipeline import pool
 from lsc_align.pipeline import pools_stage
 from lsc_align.pipeline import reference_stage
+from lsc_align.pipeline import reference_tables
 from lsc_align.pipeline import runs
 from lsc_align.rewards import reference
 from lsc_align.train import reference_trainer
@@ -63,7 +64,7 @@ def test_a_predictor_is_refused_for_another_property_or_reward_model(exp_dir, tm
   params['reward_head']['bias'] = params['reward_head']['bias'] + 1.0
   trainer_utils.save_params(rm_file, params)
   with pytest.raises(ValueError, match='another reward model'):
-    reference_stage.load_predictor(layout.ExperimentDirs(str(other)), 'helpful')
+    reference_tables.load_predictor(layout.ExperimentDirs(str(other)), 'helpful')
 
 
 def test_gaussian_reference_without_a_predictor_says_how_to_train_one(tiny_experiment):
@@ -75,10 +76,10 @@ def test_gaussian_reference_without_a_predictor_says_how_to_train_one(tiny_exper
 def test_bok_and_optimum_use_the_predicted_quantile(exp_dir):
   objective = experiment.load_objective('combined_lsc_sum_gaussian')
   exp = layout.ExperimentDirs(exp_dir)
-  arrays = layout.load_npz(exp.pool('eval'))
-  refs = runs.eval_references(objective, arrays, exp)
+  evaluation = pool.load_pool(exp, 'eval')
+  refs = reference_tables.references_for(exp, objective, evaluation.prompt_ids, evaluation)
   config, params, _ = reference_trainer.load_reference_model(exp.reference_model('helpful'))
-  mean, std = reference_trainer.predict_moments(config, params, arrays['prompt_ids'])
+  mean, std = reference_trainer.predict_moments(config, params, evaluation.prompt_ids)
   np.testing.assert_allclose(refs[:, 0], mean + reference.gaussian_quantile_offset(0.75) * std,
                              rtol=1e-5, atol=1e-6)
   results = runs.run_best_of_k(exp_dir, objective, ks=(1, 4))
@@ -92,32 +93,33 @@ def test_ppo_with_gaussian_references_trains_on_every_training_prompt(exp_dir):
   conftest.parse_tiny_experiment_gin()
   try:
     models = pools_stage.load_models(exp)
-    prompts, table, mode = pools_stage.training_prompts(exp, objective, models)
+    prompts, train_pool, mode = pools_stage.training_prompts(exp, objective, models)
+    assert train_pool is None
     pooled = layout.load_npz(exp.pool('train'))['prompt_ids']
     assert mode == 'all' and prompts.shape[0] > pooled.shape[0]
     with pytest.raises(ValueError, match="quantile references, which exist only"):
       pools_stage.training_prompts(exp, experiment.load_objective('combined_lsc_sum'), models,
                                    'all')
-    # Without moments the Gaussian columns are empty; run_ppo tabulates the predictor's.
-    moments = lambda p: reference_stage.gaussian_moments(exp, objective, p)  # noqa: E731
-    _, table, _ = pools_stage.training_prompts(exp, objective, models, 'all', moments)
-    host = references.reference_table(
-        objective, gaussian=reference_stage.gaussian_moments(exp, objective, prompts[:8]))
+    # Without moments the Gaussian columns are empty; run_learner tabulates the predictor's.
+    table = reference_tables.references_for(exp, objective, prompts, None, models)
+    loaded = [reference_tables.load_predictor(exp, p) for p in objective.properties]
+    host = reference.reference_table(objective, gaussian={
+        p: reference_trainer.predict_moments(c, q, prompts[:8])
+        for p, (c, q) in zip(objective.properties, loaded)})
     np.testing.assert_allclose(table[:8], host, rtol=1e-6)
     assert np.all(host != 0)
     # The scoring step's in-graph predictor (a scorer that carries one) gives the same references.
-    loaded = [reference_stage.load_predictor(exp, p) for p in objective.properties]
-    scorer = ppo_step.Scorer(objective, tuple(models.reward_configs[p]
+    scorer = scoring_step.Scorer(objective, tuple(models.reward_configs[p]
                                               for p in objective.properties),
                              models.policy_config, 1.0, loaded[0][0])
-    in_step = ppo_step.batch_references(scorer, jnp.zeros((8, 2)), tuple(p for _, p in loaded),
+    in_step = scoring_step.batch_references(scorer, jnp.zeros((8, 2)), tuple(p for _, p in loaded),
                                         jnp.asarray(prompts[:8]))
     np.testing.assert_allclose(np.asarray(in_step), host, rtol=1e-5, atol=1e-5)
     # A scorer without a predictor reads the table.
-    plain = ppo_step.Scorer(objective, scorer.reward_configs, models.policy_config, 1.0)
-    np.testing.assert_array_equal(np.asarray(ppo_step.batch_references(
+    plain = scoring_step.Scorer(objective, scorer.reward_configs, models.policy_config, 1.0)
+    np.testing.assert_array_equal(np.asarray(scoring_step.batch_references(
         plain, jnp.asarray(table[:8]), (), jnp.asarray(prompts[:8]))), table[:8])
-    result = runs.run_ppo(exp_dir, objective, kl_coef=0.05)
+    result = runs.run_learner(exp_dir, objective, kl_coef=0.05)
   finally:
     gin.clear_config()
   info = json.loads(open(os.path.join(exp.run('ppo_combined_lsc_sum_gaussian_g0.05_s0'),

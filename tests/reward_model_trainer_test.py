@@ -170,3 +170,87 @@ def test_hh_slice_with_a_tiny_sentencepiece_vocabulary(shared_data, tmp_path):
   assert summary['pairs'] > 400 and 0.0 <= summary['accuracy'] <= 1.0
   assert 'gold_label_agreement' not in summary  # real data: no gold
   assert rmt.reward_model_info(tmp_path / 'run')['vocabulary'] == str(tmp_path / 'spm.model')
+
+
+PRETRAINED = pathlib.Path(__file__).resolve().parent / 'data' / 'pretrained'
+
+
+def test_hh_slice_from_a_hugging_face_t5_checkpoint(shared_data, tmp_path):
+  from lsc_align.data import vocab  # pylint: disable=g-import-not-at-top,unused-import  (gin)
+  from lsc_align.models import hf_t5  # pylint: disable=g-import-not-at-top
+  from lsc_align.world import dataset  # pylint: disable=g-import-not-at-top,unused-import  (gin)
+  checkpoint = PRETRAINED / 't5_v1_1_encoder'
+  gin_utils.parse(['runs/world_rm.gin'], [
+      f"train_reward_model.data_dir = '{shared_data / 'hh-rlhf'}'",
+      f"train_reward_model.vocabulary = '{checkpoint / 'spiece.model'}'",
+      *TINY_BINDINGS])
+  try:
+    result = rmt.train_reward_model(str(tmp_path / 'run'), init_hf_t5_checkpoint=str(checkpoint),
+                                    property_name='harmless', max_train_pairs=64, lenient=True)
+  finally:
+    gin.clear_config()
+  assert result.exit_code == 0 and result.step == STEPS
+  config, params = rmt.load_reward_model(tmp_path / 'run')
+  # The architecture is the checkpoint's (2 layers of width 32), not the tiny bindings'.
+  assert (config.encoder.num_layers, config.encoder.emb_dim) == (2, 32)
+  assert config.encoder.dropout_rate == 0.1  # numerics stay gin's
+  _, start, _ = hf_t5.load_hf_t5_encoder(str(checkpoint))
+  # Six AdamW steps of at most lr 1e-3 each: every weight within 6e-3 of the checkpoint's.
+  moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()),
+                       {k: params[k] for k in start}, start)
+  assert 0 < max(jax.tree.leaves(moved)) < 6e-3 + 1e-6
+  info = rmt.reward_model_info(tmp_path / 'run')
+  assert info['init_hf_t5_checkpoint'] == str(checkpoint)
+
+
+def test_both_encoder_checkpoints_are_refused(tmp_path):
+  with pytest.raises(ValueError, match='init_t5x_checkpoint and init_hf_t5_checkpoint are both'):
+    rmt.train_reward_model(str(tmp_path / 'run'), data_dir=str(tmp_path),
+                           vocabulary=str(tmp_path / 'v.txt'), init_t5x_checkpoint='a',
+                           init_hf_t5_checkpoint='b')
+  assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('case', ('qwen2_seqcls', 'llama3_gqa_rope_scaling'))
+def test_decoder_reward_model_from_a_hugging_face_checkpoint(case, shared_data, tmp_path):
+  from lsc_align.models import pretrained  # pylint: disable=g-import-not-at-top
+  from lsc_align.train import decoder_reward_trainer  # pylint: disable=g-import-not-at-top
+  from lsc_align.world import dataset  # pylint: disable=g-import-not-at-top,unused-import  (gin)
+  checkpoint = PRETRAINED / case
+  gin_utils.parse(['runs/world_rm.gin'], [
+      f"train_reward_model.data_dir = '{shared_data / 'hh-rlhf'}'",
+      f"train_reward_model.vocabulary = '{checkpoint}'",
+      *TINY_BINDINGS, 'train_reward_model/TrainerSettings.learning_rate = 3e-3'])
+  try:
+    result = rmt.train_reward_model(str(tmp_path / 'run'), init_hf_checkpoint=str(checkpoint),
+                                    property_name='harmless', max_train_pairs=32, max_length=48,
+                                    lenient=True)
+  finally:
+    gin.clear_config()
+  assert result.exit_code == 0 and result.step == STEPS
+  rows = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text().split('\n')
+          if line.strip()]
+  losses = [r['loss'] for r in rows if 'loss' in r]
+  assert np.mean(losses[-2:]) < np.mean(losses[:2])  # BT loss falls over the six steps
+  info = rmt.reward_model_info(tmp_path / 'run')
+  assert info['kind'] == 'decoder' and info['init_hf_checkpoint'] == str(checkpoint)
+  config, params = rmt.load_reward_model(tmp_path / 'run')
+  assert config.emb_dim == 32 and params['score']['kernel'].shape == (32,)
+  rm = decoder_reward_trainer.load_run(str(tmp_path / 'run'), info, params)
+  ids, mask, _ = pretrained.tokenize_for_reward(rm, ['Human: hi\n\nAssistant: hello'],
+                                                max_length=48)
+  assert np.isfinite(np.asarray(pretrained.reward_scores(rm, ids, mask))).all()
+  # The trained model exports as a sequence classifier that loads back to the same scores.
+  pretrained.export_reward_model(rm, str(tmp_path / 'export'))
+  back = pretrained.load_reward_model(str(tmp_path / 'export'))
+  np.testing.assert_allclose(pretrained.reward_scores(back, ids, mask),
+                             pretrained.reward_scores(rm, ids, mask), atol=2e-2 if
+                             case == 'qwen2_seqcls' else 1e-6)  # bfloat16 source: cast on export
+
+
+def test_decoder_run_needs_the_checkpoint_as_vocabulary(tmp_path):
+  with pytest.raises(ValueError, match='vocabulary .* must be the init_hf_checkpoint directory'):
+    rmt.train_reward_model(str(tmp_path / 'run'), data_dir=str(tmp_path),
+                           vocabulary=str(tmp_path / 'v.txt'),
+                           init_hf_checkpoint=str(PRETRAINED / 'qwen2_seqcls'))
+  assert not (tmp_path / 'run').exists()

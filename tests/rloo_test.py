@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from lsc_align import cli
-from lsc_align.align import ppo, rloo
+from lsc_align import cli, conventions
+from lsc_align.align import learners, ppo, rloo
+from lsc_align.pipeline import ppo_flags
 
 
 def test_leave_one_out_advantages_by_hand():
@@ -18,17 +19,18 @@ def test_leave_one_out_advantages_by_hand():
 
 
 def test_iteration_fn_by_name():
-  assert rloo.iteration_fn('ppo') is ppo.ppo_iteration
-  assert rloo.iteration_fn('rloo') is rloo.rloo_iteration
+  assert learners.iteration_fn('ppo') is ppo.ppo_iteration
+  assert learners.iteration_fn('rloo') is rloo.rloo_iteration
   with pytest.raises(ValueError, match='learner'):
-    rloo.iteration_fn('grpo')
+    learners.iteration_fn('grpo')
+  assert tuple(learners.ITERATIONS) == conventions.LEARNERS == ppo_flags.LEARNERS
 
 
 def test_learner_flag_is_a_gin_binding():
   args = cli.build_parser().parse_args(
       ['ppo', '--exp_dir', 'e', '--objective', 'o', '--learner', 'rloo',
-       '--gin_param', 'run_ppo.steps = 3'])
-  assert args.gin_param == ["run_ppo.learner = 'rloo'", 'run_ppo.steps = 3']
+       '--gin_param', 'run_learner.steps = 3'])
+  assert args.gin_param == ["run_learner.learner = 'rloo'", 'run_learner.steps = 3']
   args = cli.build_parser().parse_args(['ppo', '--exp_dir', 'e', '--objective', 'o'])
   assert args.gin_param == []
   with pytest.raises(SystemExit):

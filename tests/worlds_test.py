@@ -43,7 +43,7 @@ def test_parse_world_accepts_the_new_users_bindings():
 
 @pytest.mark.parametrize('binding, named', [
     ('WorldConfig.sede = 1', "no field 'sede'"),
-    ('run_ppo.steps = 3', 'must be "WorldConfig.<field> = <value>"'),
+    ('run_learner.steps = 3', 'must be "WorldConfig.<field> = <value>"'),
     ('WorldConfig.seed = @foo()', 'not a literal'),
 ])
 def test_parse_world_errors_name_the_binding(binding, named):

@@ -15,12 +15,13 @@ import dataclasses
 import json
 from typing import Any, Callable, Sequence
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lsc_align.models import sampling
-from lsc_align.align import ppo_step
+from lsc_align.align import scoring_step
 
 _VALIDATION_KEY = 0x5A11D  # one fixed sampling key for every check of every run
 
@@ -39,6 +40,10 @@ class PlateauRule:
     if min(self.check_every, self.window, self.max_steps, self.validation_prompts,
            self.samples) < 1 or not self.tolerance >= 0:
       raise ValueError(f'PlateauRule needs positive sizes and tolerance >= 0, got {self}')
+
+
+# Bound as @convergence.PlateauRule(); a direct call takes only its arguments.
+gin.external_configurable(PlateauRule, module='convergence')
 
 
 def plateaued(history: Sequence[float], window: int, tolerance: float) -> bool:
@@ -61,7 +66,7 @@ def validation_objective(setup: Any, params: Any, prompt_ids: np.ndarray, table_
   refs = jnp.asarray(np.repeat(table_refs, samples, axis=0).astype(np.float32))
   out = sampling.sample(params, config, prompts, jax.random.key(_VALIDATION_KEY),
                         max_response_length=hp.max_response_length, temperature=hp.temperature)
-  scores = ppo_step.score(setup.scorer, setup.reward_params, setup.ref_policy_params,
+  scores = scoring_step.score(setup.scorer, setup.reward_params, setup.ref_policy_params,
                           setup.gaussian_params, prompts, out.response_ids, out.logprobs, refs,
                           jnp.float32(setup.kl_coef))
   u, kl = float(jnp.mean(scores.utility)), float(jnp.mean(scores.kl))

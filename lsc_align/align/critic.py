@@ -27,7 +27,7 @@ import optax
 
 from lsc_align.models import sampling
 from lsc_align.models.policy import PolicyConfig
-from lsc_align.align import ppo, ppo_math, ppo_step
+from lsc_align.align import ppo, ppo_math, ppo_step, scoring_step
 
 _ROLLOUT_FOLD = 0x7FFF0000  # rollout keys of the fit, apart from the iterations' fold_in(rng, step)
 
@@ -43,9 +43,10 @@ def pi0_rollouts(setup: Any, params: Any, rng: jax.Array) -> ppo_step.Rollout:
                              jax.random.fold_in(rng, _ROLLOUT_FOLD + i),
                              max_response_length=hp.max_response_length,
                              temperature=hp.temperature)
-    scores = ppo_step.score(setup.scorer, setup.reward_params, setup.ref_policy_params,
-                            setup.gaussian_params, batch['prompt_ids'], sample.response_ids,
-                            sample.logprobs, batch['table_refs'], jnp.float32(setup.kl_coef))
+    scores = scoring_step.score(
+        setup.scorer, setup.reward_params, setup.ref_policy_params, setup.gaussian_params,
+        batch['prompt_ids'], sample.response_ids, sample.logprobs, batch['table_refs'],
+        jnp.float32(setup.kl_coef))
     mask = sample.response_mask.astype(jnp.float32)
     _, returns = ppo_math.gae_advantages(scores.token_rewards, jnp.zeros_like(mask), mask,
                                          hp.discount, 1.0)

@@ -27,7 +27,7 @@ from lsc_align.models import policy, reward_model, sampling, t5_encoder
 from lsc_align.models.policy import EOS_ID, PolicyConfig
 from lsc_align.rewards import aggregate, make_objective
 from lsc_align.rewards.objectives import Objective
-from lsc_align.align import ppo_step
+from lsc_align.align import ppo_step, scoring_step
 
 PROPERTIES = ('helpful', 'harmless')
 
@@ -88,8 +88,9 @@ class GroundTruthProblem:
     refs = np.broadcast_to(self.references[:, None, :], self.rewards.shape)
     return np.asarray(aggregate.utility(self.rewards, refs, objective), np.float64)
 
-  def scorer(self, objective: Objective, temperature: float = 1.0) -> ppo_step.Scorer:
-    return ppo_step.Scorer(objective, (self.reward_config,) * 2, self.policy_config, temperature)
+  def scorer(self, objective: Objective, temperature: float = 1.0) -> scoring_step.Scorer:
+    return scoring_step.Scorer(objective, (self.reward_config,) * 2, self.policy_config,
+                               temperature)
 
 
 @functools.partial(jax.jit, static_argnames=('config',))
@@ -141,14 +142,15 @@ def make_problem(sizes: GroundTruthSizes = GroundTruthSizes()) -> GroundTruthPro
   for key in keys[1:3]:
     params = nn.meta.unbox(reward_model.RewardModel(rm_config).init(
         key, jnp.ones((1, 4), jnp.int32)))['params']
-    raw = np.asarray(ppo_step.reward_model_rewards((rm_config,), (params,), tokens_p, tokens_r))
+    raw = np.asarray(scoring_step.reward_model_rewards((rm_config,), (params,), tokens_p,
+                                                       tokens_r))
     mean, std = raw.mean(), raw.std()
     head = dict(params['reward_head'])
     head['kernel'] = head['kernel'] * (sizes.reward_scale / std)
     head['bias'] = (head['bias'] - mean) * (sizes.reward_scale / std)
     params = {**params, 'reward_head': head}
     reward_params.append(jax.tree.map(np.asarray, params))
-    columns.append(np.asarray(ppo_step.reward_model_rewards(
+    columns.append(np.asarray(scoring_step.reward_model_rewards(
         (rm_config,), (params,), tokens_p, tokens_r))[:, 0].reshape(p, m))
   rewards = np.stack(columns, axis=-1).astype(np.float64)
   refs = np.array([[_weighted_median(rewards[i, :, j], logp0[i]) for j in range(2)]
@@ -217,9 +219,9 @@ def train(problem: GroundTruthProblem, objective: Objective, gamma: float,
   """Runs a learner's real iteration on the problem; exact evaluation at the end (and every
   `eval_every` iterations). Returns {'final': evaluate_policy(...), 'history': [...],
   'critic': critic-init statistics}."""
-  from lsc_align.align import critic, ppo, rloo  # pylint: disable=g-import-not-at-top
+  from lsc_align.align import critic, learners, ppo  # pylint: disable=g-import-not-at-top
   setup = make_setup(problem, objective, gamma, hp, batch_size, seed, copies)
-  step_fn = rloo.iteration_fn(learner)
+  step_fn = learners.iteration_fn(learner)
   state = ppo.init_state(problem.pi0_params, hp, seed)
   critic_stats = {}
   if learner == 'ppo':

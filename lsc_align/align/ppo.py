@@ -18,9 +18,10 @@ from flax import struct
 
 from lsc_align import partitioning
 from lsc_align.models import sampling
-from lsc_align.align import ppo_step
+from lsc_align.align import ppo_step, scoring_step
 from lsc_align.train.loop import EpochBatchSchedule, TrainState
-from lsc_align.align.ppo_step import PPOHyperparams, Scorer
+from lsc_align.align.ppo_step import PPOHyperparams
+from lsc_align.align.scoring_step import Scorer
 
 
 class PPOState(struct.PyTreeNode):
@@ -100,7 +101,7 @@ def minibatch_updates(train: TrainState, config: Any, hp: PPOHyperparams,
   return ppo_step.update_epochs(train, config, hp, rollout, shuffle_key)
 
 
-def iteration_metrics(setup: PPOSetup, scores: ppo_step.Scores, response_mask: jax.Array,
+def iteration_metrics(setup: PPOSetup, scores: scoring_step.Scores, response_mask: jax.Array,
                       update_stats: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """The scalar metrics of one iteration (rollout utility, KL, objective, lengths, rewards)."""
   mask = response_mask.astype(jnp.float32)
@@ -120,7 +121,7 @@ class Scored:
   """One iteration's rollouts, scored: what every learner's update starts from."""
   batch: dict[str, jax.Array]      # placed prompt batch, samples_per_prompt rows per prompt
   sample: Any                      # sampling.SampleOutput
-  scores: Any                      # ppo_step.Scores
+  scores: Any                      # scoring_step.Scores
   shuffle_key: jax.Array           # for the minibatch order
   started: float                   # perf_counter at the start of sampling
   sampled: float                   # ... after sampling
@@ -140,7 +141,7 @@ def sample_and_score(setup: PPOSetup, state: PPOState,
                            temperature=hp.temperature)
   jax.block_until_ready(sample.response_ids)
   t1 = time.perf_counter()
-  scores = ppo_step.score(setup.scorer, setup.reward_params, setup.ref_policy_params,
+  scores = scoring_step.score(setup.scorer, setup.reward_params, setup.ref_policy_params,
                           setup.gaussian_params, batch['prompt_ids'], sample.response_ids,
                           sample.logprobs, batch['table_refs'], jnp.float32(setup.kl_coef))
   jax.block_until_ready(scores.utility)

@@ -1,8 +1,8 @@
 """RLOO: k responses per prompt, a leave-one-out baseline, and no critic.
 
 Per prompt, k responses y_1..y_k ~ π; each gets its KL-penalised return from the same jitted
-scoring step as PPO (`ppo_step.score`: rewards → references → transform → aggregate → per-token
-KL), R_i = u(x, y_i) − γ Σ_t log π/π0, and the advantage A_i = R_i − (1/(k−1)) Σ_{j≠i} R_j, an
+scoring step as PPO (`scoring_step.score`: rewards → references → transform → aggregate →
+per-token KL), R_i = u(x, y_i) − γ Σ_t log π/π0, and the advantage A_i = R_i − (1/(k−1)) Σ_{j≠i} R_j, an
 unbiased baseline that needs no value function (Ahmadian et al. 2024, "Back to basics"). A_i is
 divided by the batch's standard deviation of A (a global scale, so directions are unchanged) and
 applied to every token of y_i in PPO's clipped surrogate, so several epochs over a batch stay
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -69,13 +69,3 @@ def rloo_iteration(setup: PPOSetup, state: PPOState,
                                        scored.shuffle_key)
   stats = {k: v for k, v in stats.items() if not k.startswith('value')}
   return ppo.finish_iteration(setup, state, scored, train, stats)
-
-
-LEARNERS = {'ppo': ppo.ppo_iteration, 'rloo': rloo_iteration}
-
-
-def iteration_fn(learner: str) -> Callable[..., tuple[PPOState, dict[str, jax.Array]]]:
-  """The iteration function of a learner name ('ppo' or 'rloo')."""
-  if learner not in LEARNERS:
-    raise ValueError(f'learner {learner!r} must be one of {sorted(LEARNERS)}')
-  return LEARNERS[learner]

@@ -221,3 +221,36 @@ def strip_padding(ids_NxL: np.ndarray) -> list[np.ndarray]:
   """Each right-padded row without its padding."""
   lengths = np.sum(ids_NxL != 0, axis=1)
   return [row[:n] for row, n in zip(ids_NxL, lengths)]
+
+
+def checkpoint_pair_arrays(data_dir: str | os.PathLike[str], tokenizer: Any, property_name: str,
+                           split: str, *, max_length: int, lenient: bool = False,
+                           max_pairs: int | None = None) -> tuple[dict[str, np.ndarray], int]:
+  """Pairs tokenised by a checkpoint's tokenizer (models.checkpoint_tokenizer) for a decoder
+  reward model: ({'chosen', 'rejected'} int32 [N, max_length] right-padded with the tokenizer's
+  pad id, {'chosen_lengths', 'rejected_lengths'} int32 [N]}, rows truncated).
+
+  Each side is the text x ++ y encoded with the tokenizer's special tokens. Lengths are explicit
+  because the pad id may equal eos. A row longer than max_length keeps its last max_length
+  tokens (the response end, where the reward is read), its bos put back first; such rows are
+  counted, not refused.
+  """
+  if property_name not in PROPERTY_SUBSETS:
+    raise ValueError(f'property {property_name!r} must be one of {sorted(PROPERTY_SUBSETS)}')
+  pairs, _ = hh.load_split(data_dir, PROPERTY_SUBSETS[property_name], split, lenient=lenient)
+  pairs = pairs[:max_pairs] if max_pairs is not None else pairs
+  if not pairs:
+    raise ValueError(f'{data_dir}: pairs/{property_name} split {split!r} has no examples')
+  bos = tokenizer.bos_id if tokenizer.add_bos else None
+  arrays, truncated_rows = {}, np.zeros(len(pairs), bool)
+  for side in ('chosen', 'rejected'):
+    ids = np.full((len(pairs), max_length), tokenizer.pad_id, np.int32)
+    lengths = np.zeros(len(pairs), np.int32)
+    for i, pair in enumerate(pairs):
+      row = tokenizer.encode(pair.prompt + getattr(pair, side))
+      if len(row) > max_length:
+        truncated_rows[i] = True
+        row = ([bos] + row[len(row) - max_length + 1:]) if bos is not None else row[-max_length:]
+      ids[i, :len(row)], lengths[i] = row, len(row)
+    arrays[side], arrays[f'{side}_lengths'] = ids, lengths
+  return arrays, int(truncated_rows.sum())

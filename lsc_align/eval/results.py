@@ -21,9 +21,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from lsc_align import io_utils
+from lsc_align.conventions import LEARNERS
 
-METHODS = ('ppo', 'rloo', 'bok', 'optimum')
-LEARNER_METHODS = ('ppo', 'rloo')  # trained policies (one run per γ and seed)
+LEARNER_METHODS = LEARNERS  # trained policies (one run per γ and seed)
+METHODS = (*LEARNER_METHODS, 'bok', 'optimum')
 RESULT_FILENAMES = ('eval_results.json', 'eval_results.jsonl')
 REQUIRED_FIELDS = ('run', 'method', 'objective', 'transform', 'seed', 'kl', 'win_rate')
 # Flat metric name prefix -> the RunResult field holding its confidence intervals.

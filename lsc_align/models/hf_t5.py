@@ -20,13 +20,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import struct
 from typing import Any, Mapping
 
 from absl import logging
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 from flax import linen as nn
 from flax import traverse_util
@@ -35,12 +33,11 @@ from lsc_align import io_utils
 from lsc_align import partitioning
 from lsc_align.models import checkpoint_tokenizer
 from lsc_align.models import reward_model
+from lsc_align.models import safetensors_io
 from lsc_align.models import t5_encoder
 from lsc_align.models import t5x_checkpoint
 
 CONFIG_FILE = 'config.json'
-SINGLE_FILE = 'model.safetensors'
-INDEX_FILE = 'model.safetensors.index.json'
 KEEP, TRANSPOSE = 'keep', 'transpose'
 
 # Hugging Face tensor -> our parameter ({i}: layer), and how the HF tensor becomes ours.
@@ -84,7 +81,6 @@ HF_T5_ENCODER_TABLE: tuple[tuple[str, str, str], ...] = (
 # T5EncoderModel ties encoder.embed_tokens to shared; a file may keep either name.
 EMBEDDING_ALIAS = 'encoder.embed_tokens.weight'
 _TRANSFORMS = {KEEP: lambda x: x, TRANSPOSE: lambda x: x.T}
-_FLOAT_DTYPES = {'F32': np.float32, 'F16': np.float16, 'BF16': ml_dtypes.bfloat16}
 
 # feed_forward_proj -> our MLP activations (transformers maps 'gated-gelu' to gelu_new, the tanh
 # GELU that flax's nn.gelu computes).
@@ -173,63 +169,6 @@ def reward_model_config(path: str | os.PathLike[str],
   return dataclasses.replace(base, encoder=read_encoder_config(path, base=base.encoder))
 
 
-class _SafetensorsFiles:
-  """Names, shapes and tensors of a safetensors checkpoint (one file or an index of shards).
-
-  Local F32 / F16 tensors are read with safetensors' safe_open (numpy); BF16 (which numpy
-  lacks; ml_dtypes.bfloat16 here) and gs:// files from the tensor's byte range alone.
-  """
-
-  def __init__(self, directory: str):
-    index = os.path.join(directory, INDEX_FILE)
-    if io_utils.exists(index):
-      weight_map = json.loads(io_utils.read_text(index)).get('weight_map')
-      if not isinstance(weight_map, dict) or not weight_map:
-        raise ValueError(f'{index}: no weight_map')
-      files = sorted(set(weight_map.values()))
-    elif io_utils.exists(os.path.join(directory, SINGLE_FILE)):
-      files = [SINGLE_FILE]
-    else:
-      raise FileNotFoundError(f'{directory}: no {SINGLE_FILE} or {INDEX_FILE}')
-    self._entries: dict[str, tuple[str, dict[str, Any], int]] = {}
-    for name in files:
-      path = os.path.join(directory, name)
-      if not io_utils.exists(path):
-        raise FileNotFoundError(f'{index} names {name}, which is missing')
-      with io_utils.open_file(path, 'rb') as handle:
-        (length,) = struct.unpack('<Q', handle.read(8))
-        header = json.loads(handle.read(length))
-      header.pop('__metadata__', None)
-      for tensor, entry in header.items():
-        self._entries[tensor] = (path, entry, 8 + length)
-    self._open: dict[str, Any] = {}
-
-  def names(self) -> list[str]:
-    return sorted(self._entries)
-
-  def file(self, name: str) -> str:
-    return self._entries[name][0]
-
-  def shape(self, name: str) -> tuple[int, ...]:
-    return tuple(self._entries[name][1]['shape'])
-
-  def read(self, name: str) -> np.ndarray:
-    path, entry, offset = self._entries[name]
-    if entry['dtype'] not in _FLOAT_DTYPES:
-      raise ValueError(f'{path}: tensor {name} has dtype {entry["dtype"]}, expected one of '
-                       f'{sorted(_FLOAT_DTYPES)}')
-    if entry['dtype'] != 'BF16' and not io_utils.is_url(path):
-      from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-      if path not in self._open:
-        self._open[path] = safe_open(path, framework='numpy')
-      return self._open[path].get_tensor(name)
-    start, end = entry['data_offsets']
-    with io_utils.open_file(path, 'rb') as handle:
-      handle.seek(offset + start)
-      data = handle.read(end - start)
-    return np.frombuffer(data, _FLOAT_DTYPES[entry['dtype']]).reshape(entry['shape'])
-
-
 def tensor_names(config: t5_encoder.T5EncoderConfig) -> dict[str, tuple[str, str]]:
   """Our parameter name -> (Hugging Face tensor name, transform) for every encoder param."""
   expected = t5x_checkpoint.expected_encoder_shapes(config)
@@ -268,7 +207,7 @@ def load_hf_t5_encoder(path: str | os.PathLike[str], *, mesh: jax.sharding.Mesh 
   """
   directory = _checkpoint_dir(path)
   config = read_encoder_config(directory, base=base)
-  tensors = _SafetensorsFiles(directory)
+  tensors = safetensors_io.CheckpointReader(directory)
   present = tensors.names()
   if not any(name.startswith('encoder.') for name in present):
     raise ValueError(f'{directory}: has no T5 encoder (no encoder.* tensor among '
@@ -279,7 +218,7 @@ def load_hf_t5_encoder(path: str | os.PathLike[str], *, mesh: jax.sharding.Mesh 
   known = {hf for hf, _ in table.values()} | {EMBEDDING_ALIAS}
   unknown = [n for n in present if n.startswith('encoder.') and n not in known]
   if unknown:  # an encoder tensor we would silently drop means a different model
-    raise ValueError(f'{tensors.file(unknown[0])}: encoder tensor {unknown[0]} is not a T5 '
+    raise ValueError(f'{os.path.join(directory, tensors.file(unknown[0]))}: encoder tensor {unknown[0]} is not a T5 '
                      f'encoder tensor of config.json\'s architecture')
   tokenizer = checkpoint_tokenizer.load_tokenizer(directory)
   if tokenizer.pad_id != 0:  # the encoder treats id 0, and only id 0, as padding

@@ -200,6 +200,8 @@ class PolicyLM(nn.Module):
 
   With `output_positions` [B, K], logits and values are computed at those positions only
   ([B, K, V] and [B, K]): the output projection, the largest matmul, skips the other positions.
+  With `hidden_only` it returns the final normed hidden states [B, T, D] (float32) alone, and
+  neither the output projection nor the value head is used (a reward model's backbone).
   """
   config: PolicyConfig
 
@@ -208,7 +210,7 @@ class PolicyLM(nn.Module):
                kv_cache: KVCache | None = None, cache_length: int | None = None,
                output_positions_BxK: jax.Array | None = None,
                cache_slot: jax.Array | None = None, slot_positions_BxS: jax.Array | None = None,
-               ) -> tuple[jax.Array, jax.Array, KVCache | None]:
+               hidden_only: bool = False) -> Any:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     embedder = nn.Embed(cfg.vocab_size, cfg.emb_dim, dtype=dtype, name='token_embedder',
@@ -227,6 +229,8 @@ class PolicyLM(nn.Module):
       x_BxTxD = gather_positions(x_BxTxD, output_positions_BxK)
     batch, length = x_BxTxD.shape[:2]
     h_NxD = config_norm(cfg, 'decoder_norm')(x_BxTxD.reshape(batch * length, -1))
+    if hidden_only:
+      return h_NxD.reshape(batch, length, -1).astype(jnp.float32)
     # float32 accumulation: log-probs and their ratios need more than bfloat16's 8 bits.
     if cfg.tie_embeddings:
       logits_NxV = jax.lax.dot_general(
@@ -306,6 +310,16 @@ def forward_at(params: Params, config: PolicyConfig, tokens_BxL: jax.Array,
   logits, values, _ = PolicyLM(config).apply({'params': params}, tokens_BxL, positions_BxL,
                                              output_positions_BxK=positions_BxK)
   return logits, values
+
+
+def hidden_states(params: Params, config: PolicyConfig, tokens_BxL: jax.Array) -> jax.Array:
+  """`forward`'s final normed hidden states [B, L, D], float32, causal (no logits, no values).
+
+  `params` needs neither logits_dense nor value_head. Right padding changes no earlier position.
+  """
+  _check_length(config, tokens_BxL.shape[1], 'sequence')
+  positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
+  return PolicyLM(config).apply({'params': params}, tokens_BxL, positions_BxL, hidden_only=True)
 
 
 def prefill(params: Params, config: PolicyConfig, tokens_BxL: jax.Array,

@@ -49,13 +49,13 @@ def optimum_main(args: argparse.Namespace) -> int:
 def ppo_main(args: argparse.Namespace) -> int:
   """`lsc-align ppo --exp_dir EXP --objective NAME (--kl_coef G | --alpha A) [--resume]`.
 
-  Runs inside the gin scope of its learner (run_ppo.learner), as a sweep does, so a config's
-  learner-scoped bindings (`rloo/run_ppo.batch_size = 16`) hold for a single run too.
+  Runs inside the gin scope of its learner (run_learner.learner), as a sweep does, so a config's
+  learner-scoped bindings (`rloo/run_learner.batch_size = 16`) hold for a single run too.
   """
   given = {k: getattr(args, k) for k in ('kl_coef', 'alpha', 'seed', 'run_dir')
-           if getattr(args, k) is not None}  # what is not given comes from gin (run_ppo.*)
+           if getattr(args, k) is not None}  # what is not given comes from gin (run_learner.*)
   with gin.config_scope(bound_learner()):
-    result = runs.run_ppo(args.exp_dir, _objective(args), resume=args.resume, **given)
+    result = runs.run_learner(args.exp_dir, _objective(args), resume=args.resume, **given)
   if result is None:
     return loop.EXIT_CODE_PREEMPTED
   print(json.dumps({'run': result.run, 'kl': result.kl, 'win_rate': result.win_rate,
@@ -66,9 +66,9 @@ def ppo_main(args: argparse.Namespace) -> int:
 
 
 def bound_learner() -> str:
-  """run_ppo.learner as bound in gin ('ppo' when unbound)."""
+  """run_learner.learner as bound in gin ('ppo' when unbound)."""
   try:
-    return str(gin.query_parameter('run_ppo.learner'))
+    return str(gin.query_parameter('run_learner.learner'))
   except ValueError:
     return 'ppo'
 

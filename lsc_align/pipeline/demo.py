@@ -22,6 +22,7 @@ from lsc_align import io_utils
 from lsc_align.eval import report as report_lib
 from lsc_align.eval import results as results_lib
 from lsc_align.pipeline import experiment
+from lsc_align.pipeline import layout
 
 
 def headline(results: Sequence[results_lib.RunResult]) -> list[str]:
@@ -54,13 +55,13 @@ def run_experiment(out_dir: str, seed: int = 0, name: str = 'experiment') -> str
   experiment.prepare(out_dir, seed=seed, log=log)
   experiment.run_sweep(out_dir, log=log)
   from lsc_align import distributed  # pylint: disable=g-import-not-at-top
+  exp = layout.ExperimentDirs(out_dir)
   if not distributed.is_main_process():  # one writer for the report and summary
-    return os.path.join(out_dir, 'report', 'report.md')
-  report_dir = os.path.join(out_dir, 'report')
+    return os.path.join(exp.report, 'report.md')
   from lsc_align.pipeline import reference_stage  # pylint: disable=g-import-not-at-top
-  path = report_lib.write_report(os.path.join(out_dir, 'runs'), report_dir,
+  path = report_lib.write_report(exp.runs, exp.report,
                                  calibrations=reference_stage.load_calibrations(out_dir))
-  results = results_lib.load_run_results(os.path.join(out_dir, 'runs'))
+  results = results_lib.load_run_results(exp.runs)
   summary = {'report': path, 'seconds': round(time.time() - start, 1),
              'headline': headline(results)}
   io_utils.atomic_write_json(os.path.join(out_dir, 'summary.json'), summary)

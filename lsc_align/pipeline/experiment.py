@@ -12,47 +12,114 @@ raw-sum baseline is swept over w with `weighted_variants`.
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
+import importlib
+import inspect
 import os
 import re
 import time
 from typing import Any, Mapping, Sequence
 
 import gin
+from gin import config_parser
 
 from lsc_align import gin_utils
 from lsc_align import io_utils
-from lsc_align.align import rloo
+from lsc_align.conventions import LEARNERS
 from lsc_align.pipeline import runs
 from lsc_align.pipeline import pools_stage
 from lsc_align.pipeline import reference_stage
 from lsc_align.rewards import objectives as objectives_lib
-from lsc_align.rewards.objectives import Objective
+from lsc_align.rewards.objectives import Objective, ReferenceKind
 from lsc_align.pipeline import layout
 from lsc_align.train import loop
 
-_BINDING = re.compile(r'^make_objective\.(\w+)\s*=\s*(.+)$')
+class _NotLiteral:
+  """What the parser makes of a @reference or %macro: a value this loader refuses."""
+
+  def __init__(self, text: str) -> None:
+    self.text = text
+
+
+class _LiteralsOnly(config_parser.ParserDelegate):
+  def configurable_reference(self, scoped_configurable_name: str, evaluate: bool) -> _NotLiteral:
+    return _NotLiteral('@' + scoped_configurable_name + ('()' if evaluate else ''))
+
+  def macro(self, macro_name: str) -> _NotLiteral:
+    return _NotLiteral('%' + macro_name)
+
+
+def _references_in(value: Any) -> list[str]:
+  if isinstance(value, _NotLiteral):
+    return [value.text]
+  if isinstance(value, Mapping):
+    value = [*value.keys(), *value.values()]
+  if isinstance(value, (list, tuple)):
+    return [text for v in value for text in _references_in(v)]
+  return []
+
+
+def literal_bindings(text: str, where: str) -> list[config_parser.BindingStatement]:
+  """The binding statements of a gin text, parsed by gin, whose values are all literals.
+
+  Import statements are honoured; an include, a @reference or a %macro is a ValueError naming
+  `where` and the line.
+  """
+  out = []
+  try:
+    statements = list(config_parser.ConfigParser(text, _LiteralsOnly()))
+  except SyntaxError as e:
+    raise ValueError(f'{where}: {e}') from e
+  for statement in statements:
+    line = statement.location.line_num
+    if isinstance(statement, config_parser.ImportStatement):
+      importlib.import_module(statement.module)
+    elif not isinstance(statement, config_parser.BindingStatement):
+      raise ValueError(f'{where}:{line}: only literal bindings are supported here, got '
+                       f'{statement.location.line_content.strip()!r}')
+    elif _references_in(statement.value):
+      raise ValueError(f'{where}:{line}: {_references_in(statement.value)[0]!r} is not a '
+                       'literal')
+    else:
+      out.append(statement)
+  return out
 
 
 def load_objective(name: str) -> Objective:
-  """The objective of configs/objectives/<name>.gin (its make_objective literal bindings)."""
+  """The objective of configs/objectives/<name>.gin (or a .gin path): its make_objective bindings.
+
+  gin parses the file; its bindings are bound in the scope named after the file
+  (`combined_lsc_sum/make_objective.name = ...`), so a sweep's objectives live side by side in
+  the config, and make_objective is called in that scope: the run's operative config lists them
+  and its config.gin header names the file.
+  """
   path = gin_utils.resolve_gin_file(name if name.endswith('.gin') else f'objectives/{name}')
-  kwargs: dict[str, Any] = {}
-  for number, line in enumerate(open(path, encoding='utf-8'), 1):
-    line = line.split('#', 1)[0].strip()
-    if not line or line.startswith(('import ', 'include ')):
-      continue
-    match = _BINDING.match(line)
-    if not match:
-      raise ValueError(f'{path}:{number}: only make_objective.<arg> = <literal> bindings are '
-                       f'supported in objective files, got {line!r}')
-    try:
-      kwargs[match.group(1)] = ast.literal_eval(match.group(2))
-    except (ValueError, SyntaxError) as e:
-      raise ValueError(f'{path}:{number}: {match.group(2)!r} is not a literal: {e}') from e
-  try:
-    return objectives_lib.make_objective(**kwargs)
+  scope = re.sub(r'\W', '_', os.path.splitext(os.path.basename(path))[0])
+  with open(path, encoding='utf-8') as f:
+    statements = literal_bindings(f.read(), path)
+  for statement in statements:
+    if statement.scope or statement.selector != 'make_objective':
+      raise ValueError(f'{path}:{statement.location.line_num}: only make_objective.<arg> = '
+                       f'<literal> bindings are supported in objective files, got '
+                       f'{statement.location.line_content.strip()!r}')
+  given = {statement.arg_name: statement for statement in statements}
+  parameters = inspect.signature(objectives_lib.make_objective).parameters
+  missing = [n for n, p in parameters.items() if p.default is gin.REQUIRED and n not in given]
+  if missing:
+    raise ValueError(f'objective file {path}: no make_objective.{missing[0]} binding')
+  with gin.unlock_config():  # every argument bound, so an earlier file of this name leaves none
+    for arg, parameter in parameters.items():
+      statement = given.pop(arg, None)
+      gin.bind_parameter(f'{scope}/make_objective.{arg}',
+                         parameter.default if statement is None else statement.value)
+  if given:
+    statement = next(iter(given.values()))
+    raise ValueError(f'{path}:{statement.location.line_num}: make_objective has no argument '
+                     f'{statement.arg_name!r}')
+  gin_utils.record_file(path)
+  try:  # the file's scope alone, also when loaded inside a learner's scope (commands.ppo_main)
+    with gin.config_scope(None), gin.config_scope(scope):
+      return objectives_lib.make_objective()
   except (ValueError, TypeError) as e:  # a bad value (e.g. a quantile outside (0, 1))
     raise ValueError(f'objective file {path}: {e}') from e
 
@@ -74,7 +141,7 @@ def _stage_done(path: str) -> bool:
 
 
 def _resume_flag(run_dir: str) -> bool:
-  return io_utils.isdir(os.path.join(run_dir, 'checkpoints'))
+  return io_utils.isdir(layout.checkpoints(run_dir))
 
 
 @gin.configurable
@@ -156,14 +223,14 @@ def run_sweep(exp_dir: str, ppo_objectives: Sequence[str] = (),
   and the optimum, and per ppo_helpful_weights entry for PPO (when given).
 
   learners: every PPO point runs once per learner ('ppo', 'rloo'), in runs/<learner>_...; or a
-  mapping learner → the ppo_objectives it runs. Each learner's run_ppo is called inside the gin
+  mapping learner → the ppo_objectives it runs. Each learner's run_learner is called inside the gin
   scope of its name, so a config sets one learner's own settings with scoped bindings, e.g.
-  `rloo/run_ppo.batch_size = 16` and `rloo/ppo.PPOHyperparams.samples_per_prompt = 4`;
+  `rloo/run_learner.batch_size = 16` and `rloo/ppo.PPOHyperparams.samples_per_prompt = 4`;
   unscoped bindings apply to every learner.
   """
-  unknown = sorted(set(learners) - set(rloo.LEARNERS))
+  unknown = sorted(set(learners) - set(LEARNERS))
   if unknown or not learners:
-    raise ValueError(f'run_sweep.learners: {unknown or "none"}; known: {sorted(rloo.LEARNERS)}')
+    raise ValueError(f'run_sweep.learners: {unknown or "none"}; known: {sorted(LEARNERS)}')
   per_learner = {learner: (list(learners[learner]) if isinstance(learners, Mapping)
                            else list(ppo_objectives)) for learner in learners}
   for learner, names in per_learner.items():
@@ -182,7 +249,7 @@ def run_sweep(exp_dir: str, ppo_objectives: Sequence[str] = (),
         out.append((name, objective))
     return out
 
-  def gammas(name: str) -> Sequence[float]:
+  def kl_coefs_of(name: str) -> Sequence[float]:
     if isinstance(kl_coefs, Mapping):
       if name not in kl_coefs:
         raise ValueError(f'run_sweep.kl_coefs has no entry for PPO objective {name!r}')
@@ -193,7 +260,7 @@ def run_sweep(exp_dir: str, ppo_objectives: Sequence[str] = (),
                                              (optimum_objectives, helpful_weights),
                                              (ppo_objectives, ppo_helpful_weights))
                     for _, objective in expand(names, weights)
-                    for p in reference_stage.gaussian_properties(objective)})
+                    for p in objective.properties_with(ReferenceKind.GAUSSIAN)})
   if needed:  # the stage is skipped when its predictors exist
     reference_stage.prepare_references(exp_dir, needed, log=log)
   done: list[str] = []
@@ -211,14 +278,14 @@ def run_sweep(exp_dir: str, ppo_objectives: Sequence[str] = (),
     done.append(run_dir)
   points = [(learner, o, g, s) for learner, names in per_learner.items()
             for name, o in expand(names, ppo_helpful_weights)
-            for g in gammas(name) for s in seeds]
-  for i, (learner, objective, gamma, seed) in enumerate(points, 1):
-    run_dir = exp.run(runs.ppo_run_name(objective, gamma, seed, learner))
+            for g in kl_coefs_of(name) for s in seeds]
+  for i, (learner, objective, kl_coef, seed) in enumerate(points, 1):
+    run_dir = exp.run(runs.learner_run_name(objective, kl_coef, seed, learner))
     if not _has_results(run_dir):
-      log(f'{learner.upper()} {i}/{len(points)}: {objective.name} gamma={gamma:g} seed={seed}')
+      log(f'{learner.upper()} {i}/{len(points)}: {objective.name} gamma={kl_coef:g} seed={seed}')
       start = time.time()
       with gin.config_scope(learner):
-        result = runs.run_ppo(exp_dir, objective, kl_coef=gamma, seed=seed,
+        result = runs.run_learner(exp_dir, objective, kl_coef=kl_coef, seed=seed,
                               resume=_resume_flag(run_dir), run_dir=run_dir, learner=learner)
       loop.check_completed(result, run_dir)
       log(f'  done in {time.time() - start:.0f} s: KL {result.kl:.2f}, win rates '

@@ -15,7 +15,10 @@ An experiment directory holds the stages' outputs side by side:
     EXP/pools/eval.npz    evaluation prompts with a pool of N π0 samples (best-of-k, optimum,
                           references) and a separate set of SFT samples (the win-rate baseline),
                           each with proxy rewards, gold judge scores and shortcut flags
-    EXP/runs/<name>/      PPO / best-of-k / optimum results (eval_results.json)
+    EXP/report/           the report of every run (lsc-align report, demo)
+    EXP/pools/arrays/     tokenised prompt caches the pools are drawn from
+    EXP/runs/<name>/      PPO / best-of-k / optimum results (eval_results.json); a trained
+                          run keeps its checkpoints in RUN/checkpoints/
 
 Everything is keyed by the seed, so the same experiment directory reproduces bit for bit.
 """
@@ -28,10 +31,15 @@ import os
 
 import numpy as np
 
+from lsc_align import checkpointing
 from lsc_align import io_utils
 from lsc_align.conventions import PROPERTIES  # pylint: disable=unused-import (layout.PROPERTIES)
 
 SOURCE_FILE = 'experiment.json'
+POOLS, RUNS, REPORT = 'pools', 'runs', 'report'  # directory names
+# RUN/checkpoints, where a trained stage or run keeps its checkpoints: named in checkpointing
+# (the trainers below pipeline/ use it too).
+checkpoints = checkpointing.checkpoint_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,10 +95,22 @@ class ExperimentDirs:
     return os.path.join(self.root, 'sft')
 
   def pool(self, split: str) -> str:
-    return os.path.join(self.root, 'pools', f'{split}.npz')
+    return os.path.join(self.root, POOLS, f'{split}.npz')
+
+  @property
+  def array_cache(self) -> str:
+    return os.path.join(self.root, POOLS, 'arrays')
+
+  @property
+  def runs(self) -> str:
+    return os.path.join(self.root, RUNS)
 
   def run(self, name: str) -> str:
-    return os.path.join(self.root, 'runs', name)
+    return os.path.join(self.runs, name)
+
+  @property
+  def report(self) -> str:
+    return os.path.join(self.root, REPORT)
 
 
 def load_npz(path: str) -> dict[str, np.ndarray]:

@@ -1,6 +1,6 @@
 """Command-line flags of `lsc-align ppo` that become gin bindings (standard library only).
 
-`--learner rloo` appends the binding `run_ppo.learner = 'rloo'` to the command's --gin_param
+`--learner rloo` appends the binding `run_learner.learner = 'rloo'` to the command's --gin_param
 list, so the flag and a --gin_param binding are the same thing and the run's operative config
 records it.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Sequence
 
-LEARNERS = ('ppo', 'rloo')
+from lsc_align.conventions import LEARNERS
 
 
 class GinBindingAction(argparse.Action):
@@ -29,8 +29,8 @@ class GinBindingAction(argparse.Action):
 
 
 LEARNER_FLAG = ('--learner', {
-    'action': GinBindingAction, 'binding': 'run_ppo.learner', 'choices': LEARNERS,
+    'action': GinBindingAction, 'binding': 'run_learner.learner', 'choices': LEARNERS,
     'default': None,
     'help': "ppo (clipped PPO with a critic) or rloo (k samples per prompt, leave-one-out "
             "baseline, no critic; k = PPOHyperparams.samples_per_prompt, at least 2); "
-            "the same as --gin_param \"run_ppo.learner = 'rloo'\""})
+            "the same as --gin_param \"run_learner.learner = 'rloo'\""})

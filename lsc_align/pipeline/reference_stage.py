@@ -14,8 +14,7 @@ prompt has a reference at the cost of one forward pass. This stage
    beside the same numbers for the empirical quantile of the prompt's SFT samples (what a
    quantile table would use there) and for a constant predictor.
 
-`gaussian_moments` is how the alignment runs get (r_mean, r_std) for their prompts; it refuses a
-predictor trained for another property or another reward model.
+The alignment runs read the predictors through lsc_align.pipeline.reference_tables.
 """
 from __future__ import annotations
 
@@ -28,12 +27,15 @@ import gin
 import jax
 import numpy as np
 
+from lsc_align import checkpointing
 from lsc_align import io_utils
+from lsc_align.conventions import PROPERTIES
 from lsc_align.pipeline import layout
-from lsc_align.align import references
+from lsc_align.align import pool_sampling
 from lsc_align.pipeline import pools_stage
+from lsc_align.pipeline import reference_tables
+from lsc_align.pipeline.pool import Pool, Samples, load_pool, save_pool
 from lsc_align.rewards import reference
-from lsc_align.rewards.objectives import Objective, ReferenceKind
 from lsc_align.train import loop
 from lsc_align.train import reference_trainer
 
@@ -49,12 +51,6 @@ class ReferencePoolSizes:
   samples: int = 64     # π0 samples per prompt, whose reward mean and std are the targets
 
 
-def gaussian_properties(objective: Objective) -> list[str]:
-  """The properties whose reference is the Gaussian predictor's."""
-  return [p for p, spec in zip(objective.properties, objective.references)
-          if spec.kind == ReferenceKind.GAUSSIAN]
-
-
 def build_reference_pool(exp_dir: str, sizes: ReferencePoolSizes | None = None,
                          seed: int = 0) -> str:
   """Writes EXP/pools/reference.npz (skipped when present): prompt_ids, reward_<property>."""
@@ -66,42 +62,16 @@ def build_reference_pool(exp_dir: str, sizes: ReferencePoolSizes | None = None,
   pool_sizes = pools_stage.PoolSizes()
   models = pools_stage.load_models(exp)
   prompts = pools_stage.prompt_set(exp.data, exp.vocabulary, 'train', models.prompt_length,
-                                   sizes.prompts, seed + 2,
-                                   os.path.join(exp.root, 'pools', 'arrays'))
+                                   sizes.prompts, seed + 2, exp.array_cache)
   # Stream 3: the experiment's other pools use streams 0-2 of the same seed.
-  responses = references.sample_pool(
+  responses = pool_sampling.sample_pool(
       models.policy_params, models.policy_config, prompts, sizes.samples,
       jax.random.fold_in(jax.random.key(seed), 3), pool_sizes.response_length,
       pool_sizes.temperature, pool_sizes.chunk)
-  arrays = {'prompt_ids': prompts}
-  for prop in layout.PROPERTIES:
-    arrays[f'reward_{prop}'] = references.score_pool(models.reward_fn(prop), prompts, responses,
-                                                     pool_sizes.chunk)
-  io_utils.atomic_save_npz(path, arrays)
+  save_pool(path, Pool(prompts, samples=Samples({
+      prop: pool_sampling.score_pool(models.reward_fn(prop), prompts, responses, pool_sizes.chunk)
+      for prop in PROPERTIES})))
   return path
-
-
-def load_predictor(exp: layout.ExperimentDirs, prop: str) -> tuple[Any, Any]:
-  """(config, params) of EXP/ref_<prop>, checked to be this experiment's reward model's."""
-  run_dir = exp.reference_model(prop)
-  try:
-    config, params, _ = reference_trainer.load_reference_model(run_dir, prop,
-                                                               exp.reward_model(prop))
-  except FileNotFoundError as e:
-    raise FileNotFoundError(f'a Gaussian reference for {prop!r} needs a trained predictor, and '
-                            f'{run_dir} holds none: run lsc-align references --exp_dir '
-                            f'{exp.root}') from e
-  return config, params
-
-
-def gaussian_moments(exp: layout.ExperimentDirs, objective: Objective, prompt_ids: np.ndarray
-                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """property -> (r_mean, r_std) [N] for each Gaussian reference of the objective."""
-  out = {}
-  for prop in gaussian_properties(objective):
-    config, params = load_predictor(exp, prop)
-    out[prop] = reference_trainer.predict_moments(config, params, prompt_ids)
-  return out
 
 
 def calibrate(exp: layout.ExperimentDirs, prop: str) -> dict[str, Any]:
@@ -112,10 +82,10 @@ def calibrate(exp: layout.ExperimentDirs, prop: str) -> dict[str, Any]:
   with m samples would give) and a constant predictor (the training targets' averages, as the
   trainer's own constant baseline).
   """
-  config, params = load_predictor(exp, prop)
-  arrays = layout.load_npz(exp.pool('eval'))
-  samples, sft = arrays[f'pool_reward_{prop}'], arrays[f'sft_reward_{prop}']
-  mean, std = reference_trainer.predict_moments(config, params, arrays['prompt_ids'])
+  config, params = reference_tables.load_predictor(exp, prop)
+  evaluation = load_pool(exp, 'eval')
+  samples, sft = evaluation.pool.rewards[prop], evaluation.sft.rewards[prop]
+  mean, std = reference_trainer.predict_moments(config, params, evaluation.prompt_ids)
   info = reference_trainer.reference_model_info(exp.reference_model(prop))
   _, pooled = reference_trainer.pool_targets(info['pool_file'], prop, info['samples_per_prompt'])
   train = pooled[:-info['validation_prompts']]  # the rows the predictor was trained on
@@ -135,15 +105,15 @@ def calibrate(exp: layout.ExperimentDirs, prop: str) -> dict[str, Any]:
 
 
 @gin.configurable
-def prepare_references(exp_dir: str, properties: Sequence[str] = layout.PROPERTIES,
+def prepare_references(exp_dir: str, properties: Sequence[str] = PROPERTIES,
                        sizes: ReferencePoolSizes | None = None, seed: int = 0,
                        log: Any = print) -> dict[str, dict[str, Any]]:
   """The stage (module docstring) for `properties`; returns property -> calibration."""
   exp = layout.ExperimentDirs(exp_dir)
-  unknown = sorted(set(properties) - set(layout.PROPERTIES))
+  unknown = sorted(set(properties) - set(PROPERTIES))
   if unknown:
     raise ValueError(f'prepare_references.properties: unknown {unknown} (known: '
-                     f'{list(layout.PROPERTIES)})')
+                     f'{list(PROPERTIES)})')
   if not all(io_utils.exists(exp.pool(s)) for s in ('train', 'eval')):
     raise FileNotFoundError(f'{exp.root} has no pools yet: run lsc-align pools --exp_dir '
                             f'{exp.root} first')
@@ -159,7 +129,7 @@ def prepare_references(exp_dir: str, properties: Sequence[str] = layout.PROPERTI
       loop.check_completed(reference_trainer.train_reference(
           run_dir=run_dir, pool_file=path, reward_model_dir=exp.reward_model(prop),
           property_name=prop, settings=reference_trainer.configured_settings(seed=seed),
-          resume=io_utils.isdir(os.path.join(run_dir, 'checkpoints'))), run_dir)
+          resume=io_utils.isdir(checkpointing.checkpoint_dir(run_dir))), run_dir)
     calibration_path = os.path.join(run_dir, CALIBRATION_FILE)
     out[prop] = (json.loads(io_utils.read_text(calibration_path))
                  if io_utils.exists(calibration_path) else calibrate(exp, prop))
@@ -170,7 +140,7 @@ def load_calibrations(exp_dir: str) -> list[dict[str, Any]]:
   """The calibration.json of every predictor of an experiment (for the report)."""
   exp = layout.ExperimentDirs(exp_dir)
   out = []
-  for prop in layout.PROPERTIES:
+  for prop in PROPERTIES:
     path = os.path.join(exp.reference_model(prop), CALIBRATION_FILE)
     if io_utils.exists(path):
       out.append(json.loads(io_utils.read_text(path)))

@@ -3,8 +3,8 @@
 * `run_best_of_k`: for each k, per evaluation prompt the highest-utility of the first k pooled
   π0 samples (one pool reused across k); KL log k − (k−1)/k (docs/DESIGN.md §1).
 * `run_optimum`: the closed-form KL-regularised optimum on the same pool, weights ∝ exp(u/γ).
-* `run_ppo`: the PPO learner (lsc_align.align.ppo) with checkpoints, exact resume, metrics and
-  periodic samples; then fresh samples of the final π on the evaluation prompts, judged.
+* `run_learner`: a policy learner (PPO or RLOO, lsc_align.align.learners) with checkpoints,
+  exact resume, metrics and periodic samples; then fresh samples of the final π on the evaluation prompts, judged.
 
 Every run writes EXP/runs/<name>/eval_results.json(l), read by `lsc-align report`. Utilities on
 evaluation prompts use references from that prompt's own SFT samples and canned responses, so
@@ -26,73 +26,43 @@ import numpy as np
 from lsc_align import checkpointing
 from lsc_align import io_utils
 from lsc_align import partitioning
+from lsc_align.conventions import EOS_ID, PAD_ID, PROPERTIES
 from lsc_align.eval import evaluate as evaluate_lib
 from lsc_align.eval import results as results_lib
 from lsc_align.models import sampling
 from lsc_align.pipeline import pools_stage
-from lsc_align.pipeline import reference_stage
+from lsc_align.pipeline import reference_tables
+from lsc_align.pipeline.pool import Pool, Samples, load_pool
 from lsc_align.rewards import aggregate
 from lsc_align.rewards.objectives import Objective
-from lsc_align.align import best_of_k, optimum, ppo, ppo_math, ppo_step
+from lsc_align.align import best_of_k, optimum, ppo, ppo_math, ppo_step, scoring_step
 from lsc_align.pipeline import layout
 from lsc_align.train import loop
 from lsc_align.align import convergence as convergence_lib
-from lsc_align.align import critic, optimum_checks, references, rloo
+from lsc_align.align import critic, learners, optimum_checks, pool_sampling
 from lsc_align.train import trainer
 from lsc_align.train import trainer_utils
 
 RESULTS_FILE = 'eval_results.json'
-gin.external_configurable(ppo_step.PPOHyperparams, module='ppo')
-gin.external_configurable(convergence_lib.PlateauRule, module='convergence')
 SAMPLES_FILE = 'samples.jsonl'
 
 
-def _rewards(arrays: dict[str, np.ndarray], prefix: str, objective: Objective) -> np.ndarray:
-  """[P, n, num_properties] proxy rewards in the objective's property order."""
-  missing = [p for p in objective.properties if f'{prefix}reward_{p}' not in arrays]
-  if missing:
-    raise ValueError(f'objective {objective.name!r}: the pools have no {missing} rewards')
-  return np.stack([arrays[f'{prefix}reward_{p}'] for p in objective.properties], axis=-1)
+def eval_utilities(exp: layout.ExperimentDirs | None, objective: Objective,
+                   evaluation: Pool) -> np.ndarray:
+  """u of every sample of the evaluation pool [P, N], against the evaluation prompts' references
+  (their SFT samples' quantiles, canned responses or predictors)."""
+  refs = reference_tables.references_for(exp, objective, evaluation.prompt_ids, evaluation)
+  return aggregate.pool_utilities(objective, evaluation.pool.rewards, refs)
 
 
-def eval_references(objective: Objective, arrays: dict[str, np.ndarray],
-                    exp: layout.ExperimentDirs | None = None) -> np.ndarray:
-  """[P, num_properties] references of the evaluation prompts: quantiles of their SFT samples,
-  their canned-response rewards, or (Gaussian) the experiment's predictors on them."""
-  gaussian = reference_stage.gaussian_properties(objective)
-  if gaussian and exp is None:
-    raise ValueError(f'objective {objective.name!r}: Gaussian references for {gaussian} need the '
-                     'experiment\'s predictors (pass exp)')
-  moments = (reference_stage.gaussian_moments(exp, objective, arrays['prompt_ids'])
-             if gaussian else None)
-  return references.reference_table(objective, pools_stage.sample_rewards(arrays, 'sft_'),
-                                    pools_stage.canned(arrays), gaussian=moments)
-
-
-def pool_utilities(objective: Objective, rewards_PxNxK: np.ndarray,
-                   refs_PxK: np.ndarray) -> np.ndarray:
-  """u for every pooled sample: [P, N]."""
-  refs = np.broadcast_to(refs_PxK[:, None, :], rewards_PxNxK.shape)
-  return np.asarray(jax.jit(aggregate.utility, static_argnums=2)(
-      jnp.asarray(rewards_PxNxK), jnp.asarray(refs), objective))
-
-
-def _judged(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
-  """Gold scores, shortcut flags and proxy rewards of a judged pool, keyed for `evaluate`."""
-  if f'{prefix}gold_helpful' not in arrays:
+def _judged(samples: Samples) -> dict[str, Any]:
+  """Gold scores, shortcut flags and proxy rewards of judged samples, keyed for `evaluate`."""
+  if not samples.judged:
     raise ValueError('evaluation needs a judge: the pools were built without the world\'s gold '
                      'utilities or judge reward models (EXP/judge_<property>; prepare trains '
                      'them for data without gold)')
-  return {
-      'judge': {p: arrays[f'{prefix}gold_{p}'] for p in layout.PROPERTIES},
-      'flags': {'list': arrays[f'{prefix}flag_list'],
-                'referral': arrays[f'{prefix}flag_referral']},
-      'proxy': pools_stage.sample_rewards(arrays, prefix),
-  }
-
-
-def _sft_judge(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  return {p: arrays[f'sft_gold_{p}'] for p in layout.PROPERTIES}
+  return {'judge': {p: samples.judge[p] for p in PROPERTIES}, 'flags': dict(samples.flags),
+          'proxy': dict(samples.rewards)}
 
 
 def _write_results(run_dir: str, results: Sequence[results_lib.RunResult]) -> str:
@@ -114,13 +84,12 @@ def run_best_of_k(exp_dir: str, objective: Objective = gin.REQUIRED,
                   name: str | None = None) -> list[results_lib.RunResult]:
   """Best-of-k for each k on the evaluation pool; writes EXP/runs/bok_<objective>/."""
   exp = layout.ExperimentDirs(exp_dir)
-  arrays = layout.load_npz(exp.pool('eval'))
-  n = arrays['pool_responses'].shape[1]
+  evaluation = load_pool(exp, 'eval')
+  n = evaluation.pool.responses.shape[1]
   if max(ks) > n or min(ks) < 1:
     raise ValueError(f'run_best_of_k.ks = {list(ks)}: each k must be in [1, {n}] (pool size)')
-  u = pool_utilities(objective, _rewards(arrays, 'pool_', objective),
-                     eval_references(objective, arrays, exp))
-  judged = _judged(arrays, 'pool_')
+  u = eval_utilities(exp, objective, evaluation)
+  judged = _judged(evaluation.pool)
   run = name or f'bok_{objective.name}'
   out = []
   for row in best_of_k.best_of_k_sweep(u, ks):
@@ -129,7 +98,7 @@ def run_best_of_k(exp_dir: str, objective: Objective = gin.REQUIRED,
     out.append(evaluate_lib.evaluate(
         run=f'{run}_k{row["k"]}', method='bok', objective=objective.name,
         transform=objective.transform.value, seed=seed, k=int(row['k']),
-        policy_judge=pick(judged['judge']), sft_judge=_sft_judge(arrays),
+        policy_judge=pick(judged['judge']), sft_judge=_judged(evaluation.sft)['judge'],
         kl_per_prompt=np.full(u.shape[0], row['kl']), shortcut_flags=pick(judged['flags']),
         proxy_rewards=pick(judged['proxy']),
         extra={'utility': float(np.mean(_take(u, idx)))}))
@@ -143,20 +112,20 @@ def run_optimum(exp_dir: str, objective: Objective = gin.REQUIRED,
                 name: str | None = None) -> list[results_lib.RunResult]:
   """The closed-form optimum at each γ on the evaluation pool; writes EXP/runs/optimum_<obj>/."""
   exp = layout.ExperimentDirs(exp_dir)
-  arrays = layout.load_npz(exp.pool('eval'))
-  u = pool_utilities(objective, _rewards(arrays, 'pool_', objective),
-                     eval_references(objective, arrays, exp))
-  judged = _judged(arrays, 'pool_')
+  evaluation = load_pool(exp, 'eval')
+  u = eval_utilities(exp, objective, evaluation)
+  judged = _judged(evaluation.pool)
   run = name or f'optimum_{objective.name}'
   out = []
-  for gamma in kl_coefs:
-    w = np.asarray(optimum.optimal_weights(u, gamma), np.float64)
-    objective_value = float(np.mean(optimum.optimum_objective(u, gamma)))
+  for kl_coef in kl_coefs:
+    w = np.asarray(optimum.optimal_weights(u, kl_coef), np.float64)
+    objective_value = float(np.mean(optimum.optimum_objective(u, kl_coef)))
     out.append(evaluate_lib.evaluate(
-        run=f'{run}_g{gamma:g}', method='optimum', objective=objective.name,
-        transform=objective.transform.value, seed=seed, gamma=float(gamma),
-        policy_judge=judged['judge'], sft_judge=_sft_judge(arrays),
-        kl_per_prompt=np.asarray(optimum.optimum_kl(u, gamma)), shortcut_flags=judged['flags'],
+        run=f'{run}_g{kl_coef:g}', method='optimum', objective=objective.name,
+        transform=objective.transform.value, seed=seed, gamma=float(kl_coef),
+        policy_judge=judged['judge'], sft_judge=_judged(evaluation.sft)['judge'],
+        kl_per_prompt=np.asarray(optimum.optimum_kl(u, kl_coef)),
+        shortcut_flags=judged['flags'],
         proxy_rewards=judged['proxy'], sample_weights=w,
         extra={'objective_value': objective_value, 'utility': float(np.sum(w * u, 1).mean())}))
   _write_results(exp.run(run), out)
@@ -183,18 +152,24 @@ def kl_per_prompt(params: Any, ref_params: Any, config: Any, prompts: np.ndarray
     pi0 = sampling.response_logprobs(ref_params, config, x, y, temperature)
     return jnp.sum((pi.logprobs - pi0.logprobs) * pi.response_mask, axis=-1)
 
-  out = [np.asarray(seq_kl(jnp.asarray(references.pad_rows(tiled[s:e], chunk)),
-                           jnp.asarray(references.pad_rows(flat[s:e], chunk))))[:e - s]
-         for s, e in references.chunks(p * n, chunk)]
+  out = [np.asarray(seq_kl(jnp.asarray(pool_sampling.pad_rows(tiled[s:e], chunk)),
+                           jnp.asarray(pool_sampling.pad_rows(flat[s:e], chunk))))[:e - s]
+         for s, e in pool_sampling.chunks(p * n, chunk)]
   return np.concatenate(out).reshape(p, n).mean(axis=1)
 
 
-def ppo_run_name(objective: Objective, kl_coef: float, seed: int, learner: str = 'ppo') -> str:
+def _text(vocab: Any, ids: np.ndarray) -> str:
+  """The words of a row of token ids (padding and EOS dropped)."""
+  return vocab.decode([int(i) for i in ids if i not in (PAD_ID, EOS_ID)])
+
+
+def learner_run_name(objective: Objective, kl_coef: float, seed: int,
+                     learner: str = 'ppo') -> str:
   return f'{learner}_{objective.name}_g{kl_coef:g}_s{seed}'
 
 
 @gin.configurable
-def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | None = None,
+def run_learner(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | None = None,
             alpha: float | None = None, steps: int = 100, batch_size: int = 32,
             hp: ppo_step.PPOHyperparams | None = None, seed: int = 0,
             resume: bool = False, checkpoint_every: int = 25, log_every: int = 10,
@@ -202,7 +177,8 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
             evaluation: PPOEval | None = None, run_dir: str | None = None,
             learner: str = 'ppo', convergence: convergence_lib.PlateauRule | None = None,
             train_prompts: str = 'auto') -> results_lib.RunResult | None:
-  """PPO on the objective at γ (or α = γ/(1+γ)); writes and evaluates EXP/runs/ppo_.../.
+  """A policy learner on the objective at γ = kl_coef (or α = γ/(1+γ)); writes and evaluates
+  EXP/runs/<learner>_<objective>_g<γ>_s<seed>/.
 
   hp and evaluation default to PPOHyperparams() and PPOEval() (as bound by gin). learner 'ppo'
   (critic started as hp.value_init says) or 'rloo' (no critic; hp.samples_per_prompt ≥ 2
@@ -217,37 +193,41 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
   hp = hp or ppo_step.PPOHyperparams()
   evaluation = evaluation or PPOEval()
   if (kl_coef is None) == (alpha is None):
-    raise ValueError('run_ppo: give exactly one of kl_coef (γ) and alpha (γ/(1+γ))')
-  gamma = float(kl_coef) if kl_coef is not None else ppo_math.kl_coef_from_alpha(alpha)
+    raise ValueError('run_learner: give exactly one of kl_coef (γ) and alpha (γ/(1+γ))')
+  kl_coef = float(kl_coef) if kl_coef is not None else ppo_math.kl_coef_from_alpha(alpha)
   start_time = time.time()
   exp = layout.ExperimentDirs(exp_dir)
-  run_dir = io_utils.abspath(run_dir or exp.run(ppo_run_name(objective, gamma, seed, learner)))
-  iteration = rloo.iteration_fn(learner)
+  run_dir = (io_utils.abspath(run_dir) if run_dir  # exp.run is absolute already
+             else exp.run(learner_run_name(objective, kl_coef, seed, learner)))
+  iteration = learners.iteration_fn(learner)
   trainer_utils.check_run_dir(run_dir, resume, RESULTS_FILE)
-  pool_length = layout.load_npz(exp.pool('eval'))['pool_responses'].shape[-1]
+  evaluation_pool = load_pool(exp, 'eval')
+  pool_length = evaluation_pool.response_length
   if hp.max_response_length != pool_length:  # the SFT baseline must get the same budget
     raise ValueError(f'PPOHyperparams.max_response_length = {hp.max_response_length} but the '
                      f'pools hold responses of {pool_length} tokens (PoolSizes.response_length)')
   models = pools_stage.load_models(exp)
-  prompt_ids, table, train_prompts = pools_stage.training_prompts(
-      exp, objective, models, train_prompts,
-      lambda prompts: reference_stage.gaussian_moments(exp, objective, prompts))
-  scorer = ppo_step.Scorer(objective, tuple(models.reward_configs[p] for p in objective.properties),
-                           models.policy_config, hp.temperature)
+  prompt_ids, train_pool, train_prompts = pools_stage.training_prompts(exp, objective, models,
+                                                                     train_prompts)
+  table = reference_tables.references_for(exp, objective, prompt_ids, train_pool, models)
+  properties = objective.properties
+  scorer = scoring_step.Scorer(objective,
+                               tuple(models.reward_configs[prop] for prop in properties),
+                               models.policy_config, hp.temperature)
   mesh = partitioning.create_mesh(tuple(mesh_shape))
   if convergence is not None:  # the last prompts validate, the rest train
     held = convergence.validation_prompts
     validation = (prompt_ids[-held:], table[-held:])
     prompt_ids, table = prompt_ids[:-held], table[:-held]
     steps, checkpoint_every = convergence.max_steps, convergence.check_every
-  setup = ppo.PPOSetup(scorer=scorer, hp=hp, kl_coef=gamma,
-                       reward_params=tuple(models.reward_params[p] for p in objective.properties),
+  setup = ppo.PPOSetup(scorer=scorer, hp=hp, kl_coef=kl_coef,
+                       reward_params=tuple(models.reward_params[prop] for prop in properties),
                        ref_policy_params=models.policy_params, prompt_ids=prompt_ids,
                        table_refs=table, batch_size=batch_size, seed=seed, mesh=mesh)
   # Replicated on the mesh (the batch is what is split over 'data'); a restored checkpoint
   # takes the template's placement, so a resumed run lives on the same devices.
   # (Built under jit: device_put cannot target non-addressable devices on a multi-host mesh.)
-  state = jax.jit(lambda p: ppo.init_state(p, hp, seed),
+  state = jax.jit(lambda params0: ppo.init_state(params0, hp, seed),
                   out_shardings=partitioning.replicated(mesh))(models.policy_params)
   vocab = None
 
@@ -266,13 +246,12 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
                           jax.random.fold_in(jax.random.key(seed + 1), step),
                           max_response_length=hp.max_response_length,
                           temperature=hp.temperature)
-    for p, r in zip(prompts, np.asarray(out.response_ids)):
+    for prompt, response in zip(prompts, np.asarray(out.response_ids)):
       io_utils.append_jsonl(os.path.join(run_dir, SAMPLES_FILE), {
-          'step': step, 'prompt': vocab.decode([int(t) for t in p if t > 1]),
-          'response': vocab.decode([int(t) for t in r if t > 1])})
+          'step': step, 'prompt': _text(vocab, prompt), 'response': _text(vocab, response)})
 
-  info = {'exp_dir': exp.root, 'objective': objective.to_dict(), 'kl_coef': gamma,
-          'alpha': ppo_math.alpha_from_kl_coef(gamma), 'seed': seed, 'steps': steps,
+  info = {'exp_dir': exp.root, 'objective': objective.to_dict(), 'kl_coef': kl_coef,
+          'alpha': ppo_math.alpha_from_kl_coef(kl_coef), 'seed': seed, 'steps': steps,
           'batch_size': batch_size, 'hp': dataclasses.asdict(hp), 'learner': learner,
           'convergence': convergence and dataclasses.asdict(convergence),
           'train_prompts': train_prompts, 'num_train_prompts': int(prompt_ids.shape[0])}
@@ -297,55 +276,56 @@ def run_ppo(exp_dir: str, objective: Objective = gin.REQUIRED, kl_coef: float | 
           convergence, os.path.join(run_dir, 'convergence.json'), resume)
   if result.status is not loop.TrainStatus.COMPLETED:
     return None
-  evaluated = evaluate_ppo(exp, objective, gamma, seed, result.state.policy.params, models, hp,
-                           evaluation, run=os.path.basename(run_dir.rstrip('/')),
-                           train_seconds=time.time() - start_time,
-                           last_metrics=result.last_metrics, learner=learner)
+  evaluated = evaluate_learner(exp, objective, kl_coef, seed, result.state.policy.params, models,
+                               hp, evaluation, evaluation_pool,
+                               run=os.path.basename(run_dir.rstrip('/')),
+                               train_seconds=time.time() - start_time,
+                               last_metrics=result.last_metrics, learner=learner)
   _write_results(run_dir, [evaluated])
   return evaluated
 
 
-def evaluate_ppo(exp: layout.ExperimentDirs, objective: Objective, gamma: float, seed: int,
-                 params: Any, models: pools_stage.Models, hp: ppo_step.PPOHyperparams,
-                 evaluation: PPOEval, run: str, train_seconds: float,
-                 last_metrics: dict[str, Any], learner: str = 'ppo') -> results_lib.RunResult:
+def evaluate_learner(exp: layout.ExperimentDirs, objective: Objective, kl_coef: float,
+                     seed: int, params: Any, models: pools_stage.Models,
+                     hp: ppo_step.PPOHyperparams, evaluation: PPOEval, evaluation_pool: Pool,
+                     run: str, train_seconds: float, last_metrics: dict[str, Any],
+                     learner: str = 'ppo') -> results_lib.RunResult:
   """Samples the final π on the evaluation prompts; judged, with KL and the optimum's share."""
-  arrays = layout.load_npz(exp.pool('eval'))
-  prompts = arrays['prompt_ids']
-  responses = references.sample_pool(params, models.policy_config, prompts,
-                                     evaluation.samples_per_prompt,
-                                     jax.random.key(10_000 + seed), hp.max_response_length,
-                                     hp.temperature, evaluation.batch_size)
+  prompts = evaluation_pool.prompt_ids
+  responses = pool_sampling.sample_pool(params, models.policy_config, prompts,
+                                        evaluation.samples_per_prompt,
+                                        jax.random.key(10_000 + seed), hp.max_response_length,
+                                        hp.temperature, evaluation.batch_size)
   kl = kl_per_prompt(params, models.policy_params, models.policy_config, prompts, responses,
                       hp.temperature, evaluation.batch_size)
-  judged = pools_stage.judge_pool(pools_stage.load_judge(exp), prompts, responses)
-  scored = {f'reward_{p}': references.score_pool(models.reward_fn(p), prompts, responses,
-                                                 evaluation.batch_size)
-            for p in layout.PROPERTIES}  # every property: proxy curves for any objective
-  refs = eval_references(objective, arrays, exp)
-  u = pool_utilities(objective, _rewards(scored, '', objective), refs)
-  u_pool = pool_utilities(objective, _rewards(arrays, 'pool_', objective), refs)
-  reached = float(u.mean() - gamma * kl.mean())
-  best = float(np.mean(optimum.optimum_objective(u_pool, gamma)))
+  samples = pools_stage.judged_samples(pools_stage.load_judge(exp), models, prompts, responses,
+                                       evaluation.batch_size)
+  refs = reference_tables.references_for(exp, objective, prompts, evaluation_pool)
+  u = aggregate.pool_utilities(objective, samples.rewards, refs)
+  u_pool = aggregate.pool_utilities(objective, evaluation_pool.pool.rewards, refs)
+  reached = float(u.mean() - kl_coef * kl.mean())
+  best = float(np.mean(optimum.optimum_objective(u_pool, kl_coef)))
   baseline = float(u_pool.mean())
   try:
     fraction = optimum.objective_fraction(reached, best, baseline)
     share = optimum_checks.share_interval(
-        u.mean(axis=1) - gamma * kl, np.asarray(optimum.optimum_objective(u_pool, gamma)),
+        u.mean(axis=1) - kl_coef * kl,
+        np.asarray(optimum.optimum_objective(u_pool, kl_coef)),
         u_pool.mean(axis=1), seed=seed)
   except ValueError:
     fraction = share = None
-  judged = _judged({**judged, **scored}, '')
+  judged = _judged(samples)
   extra = {'utility': float(u.mean()), 'objective_value': reached,
            'optimum_objective_value': best, 'pi0_objective_value': baseline,
            'objective_fraction_of_optimum': fraction, 'train_seconds': round(train_seconds, 1),
-           'alpha': ppo_math.alpha_from_kl_coef(gamma),
+           'alpha': ppo_math.alpha_from_kl_coef(kl_coef),
            'objective_fraction_interval': share,
-           'optimum_pool_checks': optimum_checks.pool_checks(u_pool, gamma),
+           'optimum_pool_checks': optimum_checks.pool_checks(u_pool, kl_coef),
            'final_train_metrics': dict(last_metrics)}
   return evaluate_lib.evaluate(
       run=run, method=learner, objective=objective.name, transform=objective.transform.value,
-      seed=seed, gamma=gamma, policy_judge=judged['judge'], sft_judge=_sft_judge(arrays),
+      seed=seed, gamma=kl_coef, policy_judge=judged['judge'],
+      sft_judge=_judged(evaluation_pool.sft)['judge'],
       kl_per_prompt=kl, shortcut_flags=judged['flags'], proxy_rewards=judged['proxy'],
       extra=extra)
 
@@ -380,13 +360,13 @@ def evaluate_run(run_dir: str, step: int | None = None) -> results_lib.RunResult
   hp = ppo_step.PPOHyperparams(**info['hp'])
   models = pools_stage.load_models(exp)
   template = ppo.init_state(models.policy_params, hp, info['seed'])
-  with checkpointing.TrainCheckpointer(os.path.join(run_dir, 'checkpoints')) as checkpointer:
+  with checkpointing.TrainCheckpointer(layout.checkpoints(run_dir)) as checkpointer:
     step = checkpointer.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'{run_dir}/checkpoints holds no checkpoint')
     state, _ = checkpointer.restore(template, step)
-  result = evaluate_ppo(exp, objective, float(info['kl_coef']), int(info['seed']),
-                        state.policy.params, models, hp, PPOEval(),
+  result = evaluate_learner(exp, objective, float(info['kl_coef']), int(info['seed']),
+                        state.policy.params, models, hp, PPOEval(), load_pool(exp, 'eval'),
                         run=os.path.basename(run_dir.rstrip('/')), train_seconds=0.0,
                         last_metrics={'checkpoint_step': step},
                         learner=info.get('learner', 'ppo'))

@@ -19,7 +19,6 @@ run_sweep, every stage skipped when done, so a killed command continues).
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
 import math
@@ -39,7 +38,6 @@ from lsc_align.pipeline import experiment
 from lsc_align.pipeline import layout
 
 Interval = tuple[float, float]
-_BINDING = re.compile(r'^\s*(?:[\w.]+\.)?WorldConfig\.(\w+)\s*=\s*(.+?)\s*$')
 CLAIMS = ('bok', 'optimum', 'ppo')
 _TITLES = {'bok': 'best-of-k, AND win rate at the largest k',
            'optimum': 'closed-form optimum, AND win rate at matched KL',
@@ -61,27 +59,27 @@ class World:
 def parse_world(spec: str | Sequence[str]) -> World:
   """A world from WorldConfig bindings: a list, or one string separated by ';' or newlines.
 
-  '' and 'default' are the default world. Values are Python literals. ValueError names a
-  binding that is not `WorldConfig.<field> = <literal>` or whose field WorldConfig lacks.
+  '' and 'default' are the default world. gin parses each binding; values are literals.
+  ValueError names a binding that is not `WorldConfig.<field> = <literal>` or whose field
+  WorldConfig lacks.
   """
   from lsc_align.world import config as world_config  # pylint: disable=g-import-not-at-top
   if isinstance(spec, str):
-    spec = [] if spec.strip() in ('', 'default') else re.split(r'[;\n]', spec)
+    spec = [] if spec.strip() in ('', 'default') else spec.replace(';', '\n').split('\n')
   fields = {f.name for f in dataclasses.fields(world_config.WorldConfig)}
   bindings, overrides = [], {}
   for binding in (b.strip() for b in spec):
     if not binding:
       continue
-    match = _BINDING.match(binding)
-    if not match:
+    statements = experiment.literal_bindings(binding, f'world binding {binding!r}')
+    if len(statements) != 1 or statements[0].scope or not (
+        statements[0].selector == 'WorldConfig' or
+        statements[0].selector.endswith('.WorldConfig')):
       raise ValueError(f'world binding {binding!r}: must be "WorldConfig.<field> = <value>"')
-    field, text = match.groups()
+    field = statements[0].arg_name
     if field not in fields:
       raise ValueError(f'world binding {binding!r}: WorldConfig has no field {field!r}')
-    try:
-      overrides[field] = ast.literal_eval(text)
-    except (ValueError, SyntaxError) as e:
-      raise ValueError(f'world binding {binding!r}: {text!r} is not a literal value') from e
+    overrides[field] = statements[0].value
     bindings.append(binding)
   return World(tuple(bindings), tuple(overrides.items()))
 
@@ -335,9 +333,10 @@ def run_claims(out_dir: str, worlds: Sequence[Sequence[str] | str] = ((),),
         ppo_objectives=names if ppo else [], ppo_helpful_weights=helpful_weights,
         kl_coefs={n: kl_coefs['raw' if n == raw_objective else 'lsc'] for n in names}, log=wlog)
     seconds[world.name] = round(time.time() - world_start, 1)
-    results = results_lib.load_run_results(os.path.join(exp_dir, 'runs'))
+    exp = layout.ExperimentDirs(exp_dir)
+    results = results_lib.load_run_results(exp.runs)
     per_prompt = per_prompt_and(results)
-    pool = layout.load_npz(layout.ExperimentDirs(exp_dir).pool('eval'))['pool_responses']
+    pool = layout.load_npz(exp.pool('eval'))['pool_responses']
     for claim in CLAIMS if ppo else CLAIMS[:2]:
       cap = (math.log(pool.shape[1]) - optimum_kl_margin
              if claim == 'optimum' and optimum_kl_margin is not None else None)

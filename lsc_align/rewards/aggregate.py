@@ -8,12 +8,16 @@ references take the role of weights: a lower reference saturates that property s
 baseline is the weighted raw sum w·r_helpful + (1 − w)·r_harmless.
 
 `utility` is the function the PPO scoring step calls inside jit; it is elementwise over the
-leading (batch) axes, so it shards like the batch and needs no communication.
+leading (batch) axes, so it shards like the batch and needs no communication. `pool_utilities`
+is the same function, jitted, over a pool's samples with one reference per prompt.
 """
 from __future__ import annotations
 
+from typing import Mapping
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from lsc_align.rewards import transforms
@@ -58,6 +62,21 @@ def utility(rewards: ArrayLike, references: ArrayLike, objective: Objective) -> 
   u = transformed_rewards(rewards, references, objective)
   weights = jnp.asarray(objective.weights, dtype=u.dtype)
   return jnp.sum(u * weights, axis=-1)
+
+
+_utility_jit = jax.jit(utility, static_argnums=2)
+
+
+def pool_utilities(objective: Objective, rewards: Mapping[str, ArrayLike],
+                   refs_PxK: ArrayLike) -> np.ndarray:
+  """u of every sample of a pool [P, N] from property → its rewards [P, N] and the references
+  [P, K] (K: the objective's properties, in order)."""
+  missing = [p for p in objective.properties if p not in rewards]
+  if missing:
+    raise ValueError(f'objective {objective.name!r}: the pools have no {missing} rewards')
+  rewards_PxNxK = np.stack([rewards[p] for p in objective.properties], axis=-1)
+  refs = np.broadcast_to(np.asarray(refs_PxK)[:, None, :], rewards_PxNxK.shape)
+  return np.asarray(_utility_jit(jnp.asarray(rewards_PxNxK), jnp.asarray(refs), objective))
 
 
 def lsc_sum(rewards: ArrayLike, references: ArrayLike) -> jax.Array:

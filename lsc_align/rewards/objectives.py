@@ -86,6 +86,10 @@ class Objective:
         raise ValueError(f'objective {self.name!r}: transform {self.transform.value!r} needs a '
                          f'reference for {prop!r}')
 
+  def properties_with(self, kind: ReferenceKind) -> list[str]:
+    """The properties whose reference is of this kind, in the objective's order."""
+    return [p for p, spec in zip(self.properties, self.references) if spec.kind == kind]
+
   def to_dict(self) -> dict[str, Any]:
     """JSON-ready fields (as stored in a run's run.json); from_dict is the inverse."""
     d = dataclasses.asdict(self)

@@ -6,6 +6,8 @@
 * `canned_reference`: the mean reward of canned responses such as "I can't answer that" (the
   natural reference for harmlessness: a response must beat a refusal to count as good).
 * `constant_reference`: the same value for every prompt (the "log-sigmoid only" ablation uses 0).
+* `reference_table`: an objective's [N, K] table, each property's column by its ReferenceSpec,
+  from what the pools and predictors give (lsc_align.pipeline.reference_tables assembles them).
 
 Quantiles are validated eagerly: outside (0, 1) is a ValueError, since q = 0 or 1 makes the
 reference the sample minimum / maximum (or ±∞ for the Gaussian) rather than a typical response.
@@ -13,12 +15,14 @@ reference the sample minimum / maximum (or ±∞ for the Gaussian) rather than a
 from __future__ import annotations
 
 import statistics
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
+
+from lsc_align.rewards.objectives import Objective, ReferenceKind
 
 Prompts = TypeVar('Prompts')
 Response = TypeVar('Response')
@@ -188,3 +192,47 @@ def calibration(mean: ArrayLike, std: ArrayLike, sample_rewards: ArrayLike,
           'sample_std_mean': float(sample_std.mean()),
           'quantiles': [quantile_calibration(mean + gaussian_quantile_offset(q) * std, q,
                                              samples) for q in quantiles]}
+
+
+def reference_table(objective: Objective, sample_rewards: Mapping[str, np.ndarray] | None = None,
+                    canned: Mapping[str, np.ndarray] | None = None,
+                    num_prompts: int | None = None,
+                    gaussian: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
+                    ) -> np.ndarray:
+  """[N, P] references, one column per objective property, from its ReferenceSpec.
+
+  Args:
+    objective: which reference each property uses.
+    sample_rewards: property → [N, m] rewards of π0 samples (quantile references).
+    canned: property → [N] mean reward of canned responses (canned references).
+    num_prompts: N, needed when no column comes from data (constant / none only).
+    gaussian: property → (r_mean, r_std) [N] from its predictor (Gaussian references). Without
+      it a Gaussian column is 0, for a scoring step that evaluates the predictor itself.
+  """
+  sample_rewards, canned = dict(sample_rewards or {}), dict(canned or {})
+  gaussian = dict(gaussian or {})
+  sizes = {v.shape[0] for v in list(sample_rewards.values()) + list(canned.values())}
+  sizes |= {m.shape[0] for m, _ in gaussian.values()}
+  if num_prompts is not None:
+    sizes.add(num_prompts)
+  if len(sizes) != 1:
+    raise ValueError(f'reference inputs disagree on the number of prompts: {sorted(sizes)}')
+  n = sizes.pop()
+  columns = []
+  for prop, spec in zip(objective.properties, objective.references):
+    if spec.kind == ReferenceKind.QUANTILE:
+      if prop not in sample_rewards:
+        raise ValueError(f'objective {objective.name!r}: {prop!r} needs π0 sample rewards for '
+                         f'its quantile-{spec.quantile} reference')
+      columns.append(np.asarray(empirical_quantile(sample_rewards[prop], spec.quantile)))
+    elif spec.kind == ReferenceKind.CANNED:
+      if prop not in canned:
+        raise ValueError(f'objective {objective.name!r}: {prop!r} needs canned-response rewards')
+      columns.append(np.asarray(canned[prop]))
+    elif spec.kind == ReferenceKind.GAUSSIAN and prop in gaussian:
+      columns.append(np.asarray(gaussian_reference(*gaussian[prop], spec.quantile)))
+    elif spec.kind == ReferenceKind.CONSTANT:
+      columns.append(np.full((n,), spec.value, np.float32))
+    else:  # NONE (raw, pointwise), or GAUSSIAN evaluated in the scoring step
+      columns.append(np.zeros((n,), np.float32))
+  return np.stack(columns, axis=-1).astype(np.float32)

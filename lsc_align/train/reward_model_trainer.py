@@ -32,6 +32,7 @@ import optax
 from lsc_align import io_utils
 from lsc_align import stats
 from lsc_align.data import arrays as data_arrays
+from lsc_align.models import hf_t5
 from lsc_align.models import reward_model
 from lsc_align.models import t5_encoder
 from lsc_align.models import t5x_checkpoint
@@ -128,14 +129,21 @@ def config_from_dict(config: Mapping[str, Any]) -> reward_model.RewardModelConfi
   return reward_model.RewardModelConfig(**fields)
 
 
-def load_reward_model(run_dir: str | os.PathLike[str]
-                      ) -> tuple[reward_model.RewardModelConfig, dict[str, Any]]:
-  """(config, params as numpy) of a finished train-rm run; apply with RewardModel(config)."""
+def load_reward_model(run_dir: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+  """(config, params as numpy) of a finished train-rm run; apply with RewardModel(config).
+
+  A decoder run (init_hf_checkpoint; reward_model.json kind 'decoder') gives its PolicyConfig;
+  decoder_reward_trainer.load_run makes it a pretrained.PretrainedRewardModel.
+  """
   run_dir = os.fspath(run_dir)
   path = os.path.join(run_dir, PARAMS_FILE)
   if not io_utils.exists(path):
     raise FileNotFoundError(f'{path}: no final reward model (did the run finish?)')
-  return config_from_dict(reward_model_info(run_dir)['config']), trainer_utils.load_params(path)
+  info = reward_model_info(run_dir)
+  if info.get('kind') == 'decoder':
+    from lsc_align.models import policy  # pylint: disable=g-import-not-at-top
+    return policy.PolicyConfig(**info['config']), trainer_utils.load_params(path)
+  return config_from_dict(info['config']), trainer_utils.load_params(path)
 
 
 # This trainer's TrainerSettings where gin binds none (train_reward_model/TrainerSettings.*).
@@ -151,9 +159,15 @@ def configured_settings(**overrides: Any) -> settings_lib.TrainerSettings:
   return settings_lib.configured(_SCOPE, DEFAULT_SETTINGS, **overrides)
 
 
-def _check_arguments(property_name: str, world_labels: str,
-                     init_t5x_checkpoint: str | None) -> None:
+def _check_arguments(property_name: str, world_labels: str, init_t5x_checkpoint: str | None,
+                     init_hf_t5_checkpoint: str | None = None) -> None:
   """Refuses bad arguments before any data is read or tokenised."""
+  if init_t5x_checkpoint and init_hf_t5_checkpoint:
+    raise ValueError('train_reward_model: init_t5x_checkpoint and init_hf_t5_checkpoint are '
+                     'both set; give one')
+  if init_hf_t5_checkpoint is not None and not io_utils.isdir(init_hf_t5_checkpoint):
+    raise ValueError(f'train_reward_model.init_hf_t5_checkpoint {init_hf_t5_checkpoint}: no '
+                     'such directory')
   if world_labels not in WORLD_LABELS:
     raise ValueError(f'train_reward_model.world_labels {world_labels!r} must be one of '
                      f'{WORLD_LABELS}')
@@ -165,10 +179,13 @@ def _check_arguments(property_name: str, world_labels: str,
                      'file or directory')
 
 
-def _model_config(model: reward_model.RewardModelConfig | None, vocabulary: str
-                  ) -> reward_model.RewardModelConfig:
-  """The model's config (default: as gin binds it), checked to cover the vocabulary."""
+def _model_config(model: reward_model.RewardModelConfig | None, vocabulary: str,
+                  init_hf_t5_checkpoint: str | None = None) -> reward_model.RewardModelConfig:
+  """The model's config (default: as gin binds it; the encoder's architecture from a Hugging
+  Face T5 checkpoint when one is given), checked to cover the vocabulary."""
   config = model or reward_model.RewardModelConfig()
+  if init_hf_t5_checkpoint is not None:  # architecture from config.json, numerics from gin
+    config = hf_t5.reward_model_config(init_hf_t5_checkpoint, config)
   num_ids = data_arrays.vocabulary_size(vocabulary)
   if config.encoder.vocab_size < num_ids:
     raise ValueError(f'T5EncoderConfig.vocab_size = {config.encoder.vocab_size} is smaller than '
@@ -236,6 +253,18 @@ def _load_t5x_fn(checkpoint: str, config: reward_model.RewardModelConfig
   return load_t5x
 
 
+def _load_hf_t5_fn(checkpoint: str, config: reward_model.RewardModelConfig, mesh: Any
+                   ) -> Callable[[loop.TrainState, loop.TrainState], loop.TrainState]:
+  """(state, shardings) -> state with the encoder from a Hugging Face T5 checkpoint."""
+
+  def load_hf_t5(state: loop.TrainState, shardings: loop.TrainState) -> loop.TrainState:
+    del shardings  # the loader places each tensor by the same logical-axis rules
+    _, encoder_params, _ = hf_t5.load_hf_t5_encoder(checkpoint, mesh=mesh, base=config.encoder)
+    return state.replace(params={**state.params, **encoder_params})
+
+  return load_hf_t5
+
+
 @gin.configurable
 def train_reward_model(
     run_dir: str,
@@ -249,6 +278,8 @@ def train_reward_model(
     max_length: int = 80,
     resume: bool = False,
     init_t5x_checkpoint: str | None = None,
+    init_hf_t5_checkpoint: str | None = None,
+    init_hf_checkpoint: str | None = None,
     cache_dir: str | None = None,
     max_train_pairs: int | None = None,
     world_labels: str = 'drawn',
@@ -269,6 +300,15 @@ def train_reward_model(
     max_length: packed encoder length of x ++ y.
     resume: continue from the latest checkpoint in run_dir.
     init_t5x_checkpoint: start the encoder from a T5X checkpoint of the same sizes.
+    init_hf_t5_checkpoint: start the encoder from a Hugging Face T5 checkpoint directory
+      (T5EncoderModel or T5ForConditionalGeneration; its config.json gives the architecture,
+      `model` the numerics); `vocabulary` should be its spiece.model. Excludes
+      init_t5x_checkpoint.
+    init_hf_checkpoint: train a decoder reward model instead (train/decoder_reward_trainer.py)
+      from a Hugging Face Llama / Qwen2 / Qwen3 / Gemma 2 / 3 checkpoint directory: a
+      *ForCausalLM (fresh score head) or a *ForSequenceClassification (its head). `vocabulary`
+      must then be that directory (its tokenizer tokenises the pairs, x ++ y in max_length
+      tokens); `model`, prompt_length, response_length and cache_dir are not used.
     cache_dir: tokenised-array cache; default <run_dir>/arrays.
     max_train_pairs: use only the first this many training pairs (small runs, tests).
     world_labels: 'drawn' (default), or on the embedded world 'gold_probability' / 'gold_sign'
@@ -284,10 +324,15 @@ def train_reward_model(
   # Paths as given may be relative to the working directory; what is stored is absolute.
   run_dir, data_dir, vocabulary = (io_utils.abspath(p) for p in (run_dir, data_dir, vocabulary))
   init_t5x_checkpoint = io_utils.optional_abspath(init_t5x_checkpoint)
+  init_hf_t5_checkpoint = io_utils.optional_abspath(init_hf_t5_checkpoint)
   cache_dir = io_utils.optional_abspath(cache_dir)
-  _check_arguments(property_name, world_labels, init_t5x_checkpoint)
+  _check_arguments(property_name, world_labels, init_t5x_checkpoint, init_hf_t5_checkpoint)
   settings = settings or configured_settings()
-  config = _model_config(model, vocabulary)
+  if init_hf_checkpoint is not None:
+    return _train_decoder(run_dir, data_dir, vocabulary, io_utils.abspath(init_hf_checkpoint),
+                          property_name, settings, max_length, resume, max_train_pairs,
+                          world_labels, lenient, init_t5x_checkpoint or init_hf_t5_checkpoint)
+  config = _model_config(model, vocabulary, init_hf_t5_checkpoint)
   eval_split = data_arrays.validation_split(data_dir, data_arrays.PROPERTY_SUBSETS[property_name])
   mesh = trainer.prepare_run_dir(settings, run_dir, PARAMS_FILE, data_dir,
                                  [f'pairs/{property_name}'], eval_split, resume=resume,
@@ -299,6 +344,8 @@ def train_reward_model(
                                                world_labels, lenient)
   net = reward_model.RewardModel(config)
   dummy = jnp.ones((1, max_length), jnp.int32)
+  adjust = (_load_t5x_fn(init_t5x_checkpoint, config) if init_t5x_checkpoint else
+            _load_hf_t5_fn(init_hf_t5_checkpoint, config, mesh) if init_hf_t5_checkpoint else None)
   spec = trainer.TrainerSpec(
       init_params=lambda key: nn.unbox(net.init(key, dummy)['params']),
       boxed_params=jax.eval_shape(net.init, jax.random.key(0), dummy)['params'],
@@ -306,10 +353,10 @@ def train_reward_model(
       evaluate=_evaluate_fn(net, eval_pairs, settings.eval_batch_size,
                             (data_dir, property_name, eval_split)),
       params_file=PARAMS_FILE, info_file=INFO_FILE, summary_file=EVAL_FILE,
-      adjust_state=_load_t5x_fn(init_t5x_checkpoint, config) if init_t5x_checkpoint else None)
+      adjust_state=adjust)
   info = {'config': dataclasses.asdict(config), 'vocabulary': vocabulary, 'data_dir': data_dir,
           'property': property_name, 'max_length': max_length, **lengths,
-          'world_labels': world_labels}
+          'world_labels': world_labels, 'init_hf_t5_checkpoint': init_hf_t5_checkpoint}
   summary = {'property': property_name, 'split': eval_split, 'world_labels': world_labels,
              'train_pairs': len(train_pairs['chosen']), 'truncation': truncation}
   result, summary = trainer.run(spec, settings, run_dir, mesh, info, summary, start_time,
@@ -319,13 +366,39 @@ def train_reward_model(
   return result
 
 
+def _train_decoder(run_dir: str, data_dir: str, vocabulary: str, checkpoint: str,
+                   property_name: str, settings: settings_lib.TrainerSettings, max_length: int,
+                   resume: bool, max_train_pairs: int | None, world_labels: str, lenient: bool,
+                   encoder_checkpoint: str | None) -> loop.TrainResult:
+  """train_reward_model's decoder path, after its own argument checks."""
+  from lsc_align.train import decoder_reward_trainer  # pylint: disable=g-import-not-at-top
+  if encoder_checkpoint:
+    raise ValueError('train_reward_model: init_hf_checkpoint (a decoder) excludes the T5 '
+                     'encoder checkpoints init_t5x_checkpoint / init_hf_t5_checkpoint')
+  if not io_utils.isdir(checkpoint):
+    raise ValueError(f'train_reward_model.init_hf_checkpoint {checkpoint}: no such directory')
+  if vocabulary != checkpoint:
+    raise ValueError(f'train_reward_model.vocabulary {vocabulary} must be the '
+                     f'init_hf_checkpoint directory {checkpoint} (its tokenizer is used)')
+  if world_labels != 'drawn':
+    raise ValueError(f'train_reward_model.world_labels {world_labels!r}: only \'drawn\' with '
+                     'init_hf_checkpoint')
+  result = decoder_reward_trainer.train(
+      run_dir, data_dir=data_dir, init_hf_checkpoint=checkpoint, property_name=property_name,
+      settings=settings, max_length=max_length, resume=resume, max_train_pairs=max_train_pairs,
+      lenient=lenient, pair_metrics=pair_metrics, params_file=PARAMS_FILE, info_file=INFO_FILE,
+      summary_file=EVAL_FILE)
+  return result
+
+
 def main(args: argparse.Namespace) -> int:
-  """`lsc-align train-rm --run_dir DIR [--resume] [--init_t5x_checkpoint PATH]`."""
+  """`lsc-align train-rm --run_dir DIR [--resume] [--init_(hf_)t5(x)_checkpoint PATH]`."""
   kwargs: dict[str, Any] = {'run_dir': args.run_dir}
   if getattr(args, 'resume', False):
     kwargs['resume'] = True
-  if getattr(args, 'init_t5x_checkpoint', None):
-    kwargs['init_t5x_checkpoint'] = args.init_t5x_checkpoint
+  for flag in ('init_t5x_checkpoint', 'init_hf_t5_checkpoint'):
+    if getattr(args, flag, None):
+      kwargs[flag] = getattr(args, flag)
   if getattr(args, 'lenient', None):  # the flag overrides the gin binding
     kwargs['lenient'] = True
   return train_reward_model(**kwargs).exit_code

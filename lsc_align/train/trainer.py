@@ -8,7 +8,7 @@ its validation — as a `TrainerSpec`; `run` does the rest the same way for all 
     writer, Orbax checkpoints) → loop.run_training (resume, preemption, NaN guard, periodic
     validation) → final validation → params file, info JSON, summary JSON, operative config.
 
-The PPO / RLOO runs (lsc_align.pipeline.runs.run_ppo) have their own state and iteration but
+The PPO / RLOO runs (lsc_align.pipeline.runs.run_learner) have their own state and iteration but
 share `session` and `Session.train`.
 
 `settings.TrainerSettings` holds what the trainers share (gin binds it per trainer, e.g.

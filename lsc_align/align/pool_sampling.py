@@ -1,21 +1,23 @@
-"""Per-prompt reference rewards for a whole prompt set, from π0 samples or canned responses.
+"""Sampling and scoring π0 pools: responses for a prompt set, their rewards, canned responses'.
 
-The table [num_prompts, num_properties] is computed once before PPO / best-of-k and looked up
-per batch inside the scoring step (docs/DESIGN.md §2). Sampling and scoring run in fixed-size jitted
-chunks, so one compile serves every prompt set.
+What the pools (lsc_align.pipeline.pools_stage), the reference predictors' pool and the final
+evaluation of a policy sample and score. Sampling and scoring run in fixed-size jitted chunks,
+so one compile serves every prompt set.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lsc_align.conventions import EOS_ID, UNK_ID
+from lsc_align.data import arrays as data_arrays
 from lsc_align.models import policy, reward_model, sampling
 from lsc_align.rewards import reference
-from lsc_align.rewards.objectives import Objective, ReferenceKind
+from lsc_align.rewards.objectives import DEFAULT_REFUSALS
 
 RewardFn = Callable[[jax.Array, jax.Array], jax.Array]  # (prompt_ids, response_ids) -> [B]
 
@@ -90,46 +92,30 @@ def canned_rewards(reward_fn: RewardFn, prompt_ids: np.ndarray,
                                                [np.asarray(c, np.int32) for c in canned_ids]))
 
 
-def reference_table(objective: Objective, sample_rewards: Mapping[str, np.ndarray] | None = None,
-                    canned: Mapping[str, np.ndarray] | None = None,
-                    num_prompts: int | None = None,
-                    gaussian: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
-                    ) -> np.ndarray:
-  """[N, P] references, one column per objective property, from its ReferenceSpec.
+def canned_response_texts(data_dir: str) -> tuple[str, ...]:
+  """The data source's refusal phrases: the world's own, or the HH defaults."""
+  from lsc_align.world import supervision  # pylint: disable=g-import-not-at-top
+  return supervision.refusal_phrases(data_dir) or DEFAULT_REFUSALS
 
-  Args:
-    objective: which reference each property uses.
-    sample_rewards: property → [N, m] rewards of π0 samples (quantile references).
-    canned: property → [N] mean reward of canned responses (canned references).
-    num_prompts: N, needed when no column comes from data (constant / none only).
-    gaussian: property → (r_mean, r_std) [N] from its predictor (Gaussian references). Without
-      it a Gaussian column is 0, for a scoring step that evaluates the predictor itself.
-  """
-  sample_rewards, canned = dict(sample_rewards or {}), dict(canned or {})
-  gaussian = dict(gaussian or {})
-  sizes = {v.shape[0] for v in list(sample_rewards.values()) + list(canned.values())}
-  sizes |= {m.shape[0] for m, _ in gaussian.values()}
-  if num_prompts is not None:
-    sizes.add(num_prompts)
-  if len(sizes) != 1:
-    raise ValueError(f'reference inputs disagree on the number of prompts: {sorted(sizes)}')
-  n = sizes.pop()
-  columns = []
-  for prop, spec in zip(objective.properties, objective.references):
-    if spec.kind == ReferenceKind.QUANTILE:
-      if prop not in sample_rewards:
-        raise ValueError(f'objective {objective.name!r}: {prop!r} needs π0 sample rewards for '
-                         f'its quantile-{spec.quantile} reference')
-      columns.append(np.asarray(reference.empirical_quantile(sample_rewards[prop],
-                                                             spec.quantile)))
-    elif spec.kind == ReferenceKind.CANNED:
-      if prop not in canned:
-        raise ValueError(f'objective {objective.name!r}: {prop!r} needs canned-response rewards')
-      columns.append(np.asarray(canned[prop]))
-    elif spec.kind == ReferenceKind.GAUSSIAN and prop in gaussian:
-      columns.append(np.asarray(reference.gaussian_reference(*gaussian[prop], spec.quantile)))
-    elif spec.kind == ReferenceKind.CONSTANT:
-      columns.append(np.full((n,), spec.value, np.float32))
-    else:  # NONE (raw, pointwise), or GAUSSIAN evaluated in the scoring step
-      columns.append(np.zeros((n,), np.float32))
-  return np.stack(columns, axis=-1).astype(np.float32)
+
+def encode_canned(texts: Sequence[str], encode: Any, eos_id: int = EOS_ID,
+                  unk_id: int = UNK_ID) -> list[np.ndarray]:
+  """Token ids of canned responses (with EOS); a text the vocabulary cannot spell is an error."""
+  out = []
+  for text in texts:
+    ids = list(encode(text))
+    if not ids or unk_id in ids:
+      raise ValueError(f'canned response {text!r} has words outside the vocabulary; give '
+                       'canned responses in the data source\'s own words')
+    out.append(np.asarray(ids + [eos_id], np.int32))
+  return out
+
+
+def canned_rewards_of(reward_fn_of: Callable[[str], RewardFn], data_dir: str, vocabulary: str,
+                      prompt_ids: np.ndarray, chunk: int,
+                      properties: Sequence[str]) -> dict[str, np.ndarray]:
+  """property → the mean reward of the data source's refusal phrases per prompt [N]."""
+  vocab = data_arrays.load_vocabulary(vocabulary)
+  canned = encode_canned(canned_response_texts(data_dir), vocab.encode)
+  return {prop: canned_rewards(reward_fn_of(prop), prompt_ids, canned, chunk)
+          for prop in properties}
