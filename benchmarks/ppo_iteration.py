@@ -3,6 +3,10 @@ the LSC transform + aggregation (combined LSC sum vs the weighted raw sum, 2 rew
 
     python -m benchmarks.ppo_iteration [--iterations 8] [--score_repeats 40]
 
+With --checkpoint DIR, π and π0 are a Hugging Face decoder checkpoint loaded through
+models/pretrained.py (its config.json gives the PolicyConfig; --policy_gin and PolicyConfig
+bindings are then unused); the reward models stay random T5 encoders from --rm_gin.
+
 Part 1: lsc_align.align.ppo.ppo_iteration on random-init world-sized models (configs/models/
 t5_world.gin for both reward models, policy_world.gin for π and π0), objective configs/
 objectives/combined_lsc_sum.gin; the iteration itself fills setup.timings (rollout_s, scoring_s,
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from typing import Any
 
 import gin
@@ -96,14 +101,17 @@ def iteration_benchmark(setup: ppo.PPOSetup, state: ppo.PPOState,
 def make_setup(rm_config: Any, policy_config: policy.PolicyConfig,
                objective: objectives.Objective, *, batch_size: int, prompt_length: int,
                response_length: int, epochs: int, num_minibatches: int,
-               seed: int = 0, **hp_overrides: Any) -> tuple[ppo.PPOSetup, ppo.PPOState]:
-  """Random-init reward models (one per property), π0 = π, 4 batches of random prompts."""
+               seed: int = 0, pi0: Any = None,
+               **hp_overrides: Any) -> tuple[ppo.PPOSetup, ppo.PPOState]:
+  """Random-init reward models (one per property), π0 = π (random-init unless `pi0` is given,
+  e.g. a loaded checkpoint's params), 4 batches of random prompts."""
   num_props = len(objective.properties)
   keys = jax.random.split(jax.random.key(seed), num_props + 1)
   dummy = jnp.ones((1, 8), jnp.int32)
   reward_params = tuple(jax.jit(reward_model.RewardModel(rm_config).init)(k, dummy)['params']
                         for k in keys[:num_props])
-  pi0 = jax.jit(policy.init_params, static_argnums=0)(policy_config, keys[-1])
+  if pi0 is None:
+    pi0 = jax.jit(policy.init_params, static_argnums=0)(policy_config, keys[-1])
   rng = np.random.default_rng(seed)
   num_prompts = 4 * batch_size
   prompts = common.random_prompts(rng, num_prompts, prompt_length, policy_config.vocab_size)
@@ -132,12 +140,22 @@ def main() -> None:
   parser.add_argument('--calls_per_repeat', type=int, default=3)
   parser.add_argument('--loop_applications', type=int, default=1000)
   parser.add_argument('--label', default='world')
+  parser.add_argument('--checkpoint', default=None,
+                      help='a Hugging Face decoder checkpoint directory for π and π0')
   common.add_common_flags(parser, warmup=3, repeats=40)
   args = parser.parse_args()
 
   machine = common.machine_info()
   run_share = common.CpuShare()
   rm_config, policy_config = common.model_configs(args.rm_gin, args.policy_gin, args.gin_param)
+  pi0, load_s = None, None
+  if args.checkpoint:
+    from lsc_align.models import pretrained  # pylint: disable=g-import-not-at-top
+    start = time.perf_counter()
+    loaded = pretrained.load(args.checkpoint)
+    pi0 = jax.block_until_ready(loaded.params)
+    load_s = time.perf_counter() - start
+    policy_config = loaded.config
   raw_objective = load_objective('objectives/combined_raw_sum.gin')
   lsc_objective = load_objective('objectives/combined_lsc_sum.gin')
   num_props = len(lsc_objective.properties)
@@ -148,7 +166,7 @@ def main() -> None:
   setup, state = make_setup(rm_config, policy_config, lsc_objective, batch_size=args.batch_size,
                             prompt_length=args.prompt_length,
                             response_length=args.response_length, epochs=args.epochs,
-                            num_minibatches=args.num_minibatches, seed=args.seed)
+                            num_minibatches=args.num_minibatches, seed=args.seed, pi0=pi0)
   hp, reward_params, pi0 = setup.hp, setup.reward_params, setup.ref_policy_params
   iteration, state = iteration_benchmark(setup, state, args.iterations)
   iteration['cpu_share'] = share.report()
@@ -231,7 +249,9 @@ def main() -> None:
 
   common.emit({
       'benchmark': 'ppo_iteration', 'label': args.label, 'machine': machine,
-      'config': {'rm_gin': args.rm_gin, 'policy_gin': args.policy_gin,
+      'config': {'rm_gin': args.rm_gin,
+                 'policy_gin': None if args.checkpoint else args.policy_gin,
+                 'checkpoint': args.checkpoint, 'checkpoint_load_s': load_s,
                  'gin_params': args.gin_param, 'reward_model': rm_config,
                  'policy': policy_config, 'num_reward_models': num_props,
                  'policy_params': common.count_params(pi0),
