@@ -255,6 +255,8 @@ def is_user_error(error: BaseException) -> bool:
   """A deliberate, explained error of this project (shown as one line) rather than a bug."""
   if isinstance(error, RuntimeError) and str(error).startswith(_GIN_REQUIRED):
     return True  # gin: a gin.REQUIRED parameter nobody bound
+  if io_utils.is_storage_error(error):
+    return True  # a full disk, a read-only filesystem, a path too long: wherever it surfaced
   return isinstance(error, USER_ERRORS) and _raised_here(error)
 
 

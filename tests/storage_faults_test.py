@@ -124,3 +124,11 @@ def test_files_keep_the_umask(tmp_path):
     os.umask(old)
   assert (tmp_path / 'a.txt').stat().st_mode & 0o777 == 0o644
   assert (tmp_path / 'b.npz').stat().st_mode & 0o777 == 0o600
+
+
+def test_cli_reports_a_storage_fault_in_one_line(tmp_path, capsys):
+  from lsc_align import cli  # pylint: disable=g-import-not-at-top
+  fault = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / 'checkpoints'))
+  assert cli.is_user_error(fault)
+  assert cli.error_message(fault) == f'{tmp_path / "checkpoints"}: No space left on device'
+  assert not cli.is_user_error(OSError(errno.EBADF, 'Bad file descriptor'))  # a bug, in full
