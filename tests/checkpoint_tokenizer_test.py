@@ -14,13 +14,12 @@ import pathlib
 import shutil
 import unicodedata
 
-from etils.epath import backend as epath_backend
-from etils.epath import gpath
 import pytest
 import sentencepiece as spm
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from gcs_paths_test import bucket  # pylint: disable=unused-import (the gs:// stand-in fixture)
 from lsc_align.models import checkpoint_tokenizer as ct
 
 HH_DIR = '/work/shared/data/hh-rlhf'
@@ -480,43 +479,14 @@ def test_check_fits(llama3_dir):
 
 # ---- gs:// ----
 
-class _Bucket(epath_backend._OsPathBackend):  # pylint: disable=protected-access
-  """gs://bucket/key served from a local root (there is no bucket here)."""
-
-  def __init__(self, root):
-    self.root = root
-
-  def _local(self, path):
-    path = os.fspath(path)
-    return path if path.startswith(self.root) else os.path.join(self.root, path[len('gs://'):])
-
-  def open(self, path, mode):
-    return super().open(self._local(path), mode)
-
-  def exists(self, path):
-    return super().exists(self._local(path))
-
-  def isdir(self, path):
-    return super().isdir(self._local(path))
-
-  def listdir(self, path):
-    return super().listdir(self._local(path))
-
-
-def test_gs_directory_reads_through_epath(llama2_dir, tmp_path, monkeypatch):
-  shutil.copytree(llama2_dir, tmp_path / 'bucket' / 'models' / 'llama2')
-  store = _Bucket(str(tmp_path / 'bucket'))
-  # pylint: disable=protected-access
-  real = gpath.PosixGPath._backend
-  monkeypatch.setattr(gpath.PosixGPath, '_backend', property(
-      lambda self: store if self._uri_scheme == 'gs' else real.fget(self)))
-  # pylint: enable=protected-access
-  monkeypatch.chdir(tmp_path)
+# pylint: disable-next=redefined-outer-name
+def test_gs_directory_reads_through_epath(llama2_dir, bucket, tmp_path):
+  shutil.copytree(llama2_dir, bucket.local('gs://models/llama2'))
   remote = ct.load_tokenizer('gs://models/llama2')
   local = ct.load_tokenizer(llama2_dir)
   assert remote.path == 'gs://models/llama2' and remote.fingerprint == local.fingerprint
   assert remote.encode('Hello there') == local.encode('Hello there')
-  assert not os.path.exists(tmp_path / 'gs:')
+  assert not os.path.exists(tmp_path / 'cwd' / 'gs:') and not os.path.exists(tmp_path / 'gs:')
 
 
 # ---- bad input: one line naming the file ----

@@ -6,8 +6,6 @@ import pathlib
 import shutil
 import struct
 
-from etils.epath import backend as epath_backend
-from etils.epath import gpath
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -16,6 +14,7 @@ import optax
 import pytest
 from safetensors import numpy as safetensors_numpy
 
+from gcs_paths_test import bucket  # pylint: disable=unused-import (the gs:// stand-in fixture)
 from lsc_align import partitioning
 from lsc_align.models import hf_t5
 from lsc_align.models import reward_model
@@ -200,42 +199,13 @@ def test_bfloat16_and_float16_shards_with_an_index_and_the_embed_tokens_name(tmp
     hf_t5.load_hf_t5_encoder(directory)
 
 
-class _Bucket(epath_backend._OsPathBackend):  # pylint: disable=protected-access
-  """gs://bucket/key served from a local root (there is no bucket here)."""
-
-  def __init__(self, root):
-    self.root = root
-
-  def _local(self, path):
-    path = os.fspath(path)
-    return path if path.startswith(self.root) else os.path.join(self.root, path[len('gs://'):])
-
-  def open(self, path, mode):
-    return super().open(self._local(path), mode)
-
-  def exists(self, path):
-    return super().exists(self._local(path))
-
-  def isdir(self, path):
-    return super().isdir(self._local(path))
-
-  def listdir(self, path):
-    return super().listdir(self._local(path))
-
-
-def test_gs_checkpoint_reads_through_epath(tmp_path, monkeypatch):
-  shutil.copytree(PRETRAINED / 't5_v1_1_encoder', tmp_path / 'bucket' / 'models' / 't5')
-  store = _Bucket(str(tmp_path / 'bucket'))
-  # pylint: disable=protected-access
-  real = gpath.PosixGPath._backend
-  monkeypatch.setattr(gpath.PosixGPath, '_backend', property(
-      lambda self: store if self._uri_scheme == 'gs' else real.fget(self)))
-  # pylint: enable=protected-access
-  monkeypatch.chdir(tmp_path)
+# pylint: disable-next=redefined-outer-name
+def test_gs_checkpoint_reads_through_epath(bucket, tmp_path):
+  shutil.copytree(PRETRAINED / 't5_v1_1_encoder', bucket.local('gs://models/t5'))
   config, params, tokenizer = hf_t5.load_hf_t5_encoder('gs://models/t5')
   assert tokenizer.path == 'gs://models/t5'
   assert _real_max_error(config, params, _golden('t5_v1_1_encoder')) < TOLERANCE
-  assert not os.path.exists(tmp_path / 'gs:')
+  assert not os.path.exists(tmp_path / 'cwd' / 'gs:') and not os.path.exists(tmp_path / 'gs:')
 
 
 def test_a_checkpoint_without_encoder_tensors(tmp_path):
